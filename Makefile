@@ -1,0 +1,50 @@
+# One-command setup: `make serve` and `make test` create .venv and install what is missing.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+MOSHI_SPEC ?= moshi==0.2.13
+
+export HF_HUB_OFFLINE ?= 1
+export NO_TORCH_COMPILE ?= 1
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install serve test lint typecheck unit bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first: the CPU wheel lies on these machines; on a GPU machine set TORCH_SPEC to the CUDA build.
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt "$(TORCH_SPEC)"
+	# moshi pins torch<2.10; its real runtime needs are in requirements.txt.
+	$(PY) -m pip install --quiet --no-deps "$(MOSHI_SPEC)"
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+serve: install
+	$(PY) -m serve_app.run --config configs/local.yaml --host 127.0.0.1 --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check serve_app deployments tests
+	$(VENV)/bin/ruff format --check serve_app deployments tests
+
+typecheck: install
+	$(VENV)/bin/mypy serve_app
+
+unit: install
+	$(PY) -m pytest -q
+
+test: lint typecheck unit
+
+bench: install
+	$(PY) -m serve_app.bench.engine_bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

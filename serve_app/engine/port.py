@@ -1,0 +1,23 @@
+"""What one engine tick hands to a session: the engine's only output type (no torch here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class EngineFrame:
+    """One 80 ms step of one slot's output."""
+
+    pcm: npt.NDArray[np.float32]
+    """FRAME_SAMPLES mono float32 samples at 24 kHz, nominally in [-1, 1]."""
+
+    text: str | None
+    """The text piece Moshi produced this step, word-boundary marker already turned into a space;
+    None for padding steps."""
+
+    speaking: bool
+    """Whether the model is speaking in this step (it produced a word piece)."""

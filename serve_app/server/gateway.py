@@ -1,0 +1,65 @@
+"""The async port between a WebSocket session and wherever its model slot lives.
+
+The in-process gateway (tests, no Ray) and the Ray gateway (deployments/) both implement it, so the
+WebSocket app is the same in both worlds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from serve_app.engine.port import EngineFrame
+
+
+class GatewayError(Exception):
+    """Base for failures the session reports to its client as an `error` event."""
+
+    code = "server_error"
+
+
+class ModelNotFound(GatewayError):
+    code = "model_not_found"
+
+
+class NoCapacity(GatewayError):
+    """Every replica of the model type is full and it cannot scale further."""
+
+    code = "server_at_capacity"
+
+
+class SessionLost(GatewayError):
+    """The replica holding this session's streaming state went away; the state is gone."""
+
+    code = "session_lost"
+
+
+class SlotStream(Protocol):
+    """One session's slot on one model replica, for the session's whole life."""
+
+    async def send_audio(self, pcm: npt.NDArray[np.float32]) -> None:
+        """Queue 24 kHz mono float32 PCM of any length for the slot."""
+        ...
+
+    def frames(self) -> AsyncIterator[EngineFrame]:
+        """Engine output, one frame per tick that stepped this slot. Raises SessionLost."""
+        ...
+
+    async def close(self) -> None:
+        """Free the slot; idempotent."""
+        ...
+
+
+class ModelGateway(Protocol):
+    def model_ids(self) -> list[str]: ...
+
+    async def is_ready(self) -> bool:
+        """True once every model has warmed up."""
+        ...
+
+    async def open_session(self, model_id: str, session_id: str) -> SlotStream:
+        """Admit a session: raises ModelNotFound, NoCapacity, or GatewayError."""
+        ...
