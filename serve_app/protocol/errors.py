@@ -1,0 +1,121 @@
+"""The one table of error codes: each code's error type and the sentence a user reads.
+
+Client mistakes use `invalid_request_error`; failures on our side use `server_error`. Two codes are
+deliberately the hosted service's benign ones: pipecat treats every `error` as fatal except
+`response_cancel_not_active` and `conversation_already_has_active_response`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+CLIENT_ERROR = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    type: str
+    message: str
+    """A `str.format` template; its fields are supplied where the error is raised."""
+
+
+ERRORS: Final = MappingProxyType(
+    {
+        # Malformed client messages.
+        "invalid_json": ErrorSpec(CLIENT_ERROR, "The message is not valid JSON: {detail}"),
+        "invalid_event": ErrorSpec(CLIENT_ERROR, "{detail}"),
+        "unknown_event_type": ErrorSpec(
+            CLIENT_ERROR,
+            "Invalid value: '{event_type}'. This is not a client event type of the {dialect} dialect.",
+        ),
+        "invalid_audio": ErrorSpec(CLIENT_ERROR, "Invalid audio: {detail}"),
+        "invalid_session_update": ErrorSpec(CLIENT_ERROR, "Invalid session.update: {detail}"),
+        # Events that are well-formed but not possible now.
+        "invalid_state": ErrorSpec(CLIENT_ERROR, "{detail}"),
+        "input_audio_buffer_commit_empty": ErrorSpec(
+            CLIENT_ERROR,
+            "Error committing input audio buffer: buffer too small. Expected at least {min_ms}ms of audio, "
+            "but buffer only has {buffered_ms:.2f}ms of audio.",
+        ),
+        "response_cancel_not_active": ErrorSpec(
+            CLIENT_ERROR, "Cancellation failed: no active response found"
+        ),
+        "conversation_already_has_active_response": ErrorSpec(
+            CLIENT_ERROR,
+            "Conversation already has an active response in progress: {response_id}. "
+            "Wait until the response is finished before creating a new one.",
+        ),
+        "item_not_found": ErrorSpec(
+            CLIENT_ERROR, "Item with item_id '{item_id}' not found in the conversation."
+        ),
+        "item_already_exists": ErrorSpec(CLIENT_ERROR, "Item with item_id '{item_id}' already exists."),
+        "item_in_progress": ErrorSpec(
+            CLIENT_ERROR,
+            "Item '{item_id}' belongs to the response in progress; cancel the response before deleting it.",
+        ),
+        "unsupported_content_type": ErrorSpec(
+            CLIENT_ERROR, "Only model output audio messages can be truncated"
+        ),
+        "content_index_out_of_range": ErrorSpec(
+            CLIENT_ERROR, "Item '{item_id}' has no content part {content_index}; its audio is content part 0."
+        ),
+        "audio_end_ms_out_of_range": ErrorSpec(
+            CLIENT_ERROR, "Audio content of {duration_ms}ms is already shorter than {audio_end_ms}ms"
+        ),
+        # Raised by the server shell; no template fields, so `fail(code)` can render them as they are.
+        "invalid_api_key": ErrorSpec(
+            CLIENT_ERROR,
+            "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>' "
+            "or as the 'openai-insecure-api-key.<key>' subprotocol.",
+        ),
+        "model_not_found": ErrorSpec(
+            CLIENT_ERROR,
+            "The requested model does not exist on this server; GET /v1/models lists the models it serves.",
+        ),
+        "server_at_capacity": ErrorSpec(
+            SERVER_ERROR,
+            "Every replica of this model is serving its maximum number of sessions. Try again later.",
+        ),
+        "session_lost": ErrorSpec(
+            SERVER_ERROR,
+            "The model replica holding this session's state went away, so the session cannot continue. "
+            "Reconnect to start a new session.",
+        ),
+        "server_error": ErrorSpec(SERVER_ERROR, "The server had an error while processing this session."),
+    }
+)
+
+
+def render(code: str, **fields: Any) -> tuple[str, str]:
+    """(error type, message) for a code; a KeyError here is a bug, not a client mistake."""
+    spec = ERRORS[code]
+    return spec.type, spec.message.format(**fields)
+
+
+class ClientError(Exception):
+    """A client event that cannot be honoured; becomes exactly one `error` event, and the session goes on."""
+
+    def __init__(
+        self, code: str, *, param: str | None = None, message: str | None = None, **fields: Any
+    ) -> None:
+        error_type, rendered = render(code, **fields) if message is None else (ERRORS[code].type, message)
+        super().__init__(rendered)
+        self.code = code
+        self.type = error_type
+        self.message = rendered
+        self.param = param
+        self.event_id: str | None = None
+        """The offending client event's id, echoed so clients can correlate (filled in by the session)."""
+
+
+def error_payload(
+    code: str, message: str, *, error_type: str, param: str | None = None, event_id: str | None = None
+) -> dict[str, Any]:
+    """The `error` server event (without its own event_id), same shape in both dialects."""
+    return {
+        "type": "error",
+        "error": {"type": error_type, "code": code, "message": message, "param": param, "event_id": event_id},
+    }

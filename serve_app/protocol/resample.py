@@ -1,0 +1,60 @@
+"""Streaming 3:1 sample-rate conversion between 24 kHz (Mimi, PCM16 wire) and 8 kHz (G.711 wire).
+
+One linear-phase FIR low-pass (windowed sinc, 97 taps, Kaiser β=7, cut-off 3.4 kHz: the telephone
+band G.711 carries; ≈70 dB stop-band from ≈4 kHz) serves both directions: interpolation (zero-stuff by
+3, filter, gain 3) and decimation (filter, keep every 3rd sample). Both are causal and keep the last
+taps-1 input samples between calls, so audio cut into any chunk sizes comes out exactly as if it were
+converted in one piece. The price is a fixed group delay of 48 samples at 24 kHz (2 ms).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FACTOR = 3
+TAPS = 97
+CUTOFF_HZ = 3400.0
+HIGH_RATE = 24_000
+KAISER_BETA = 7.0
+
+
+def _design_lowpass() -> npt.NDArray[np.float64]:
+    n = np.arange(TAPS) - (TAPS - 1) / 2
+    cutoff = CUTOFF_HZ / HIGH_RATE  # cycles per sample at the high rate
+    taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(TAPS, KAISER_BETA)
+    normalised: npt.NDArray[np.float64] = taps / taps.sum()  # unity gain at DC
+    return normalised
+
+
+_LOWPASS = _design_lowpass()
+
+
+class Upsampler:
+    """8 kHz → 24 kHz; every input sample yields exactly three output samples."""
+
+    def __init__(self) -> None:
+        self._history = np.zeros(TAPS - 1)
+
+    def process(self, pcm: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        stuffed = np.zeros(len(pcm) * FACTOR)
+        stuffed[::FACTOR] = np.asarray(pcm, dtype=np.float64) * FACTOR
+        signal = np.concatenate([self._history, stuffed])
+        self._history = signal[-(TAPS - 1) :]
+        return np.convolve(signal, _LOWPASS, mode="valid").astype(np.float32)
+
+
+class Downsampler:
+    """24 kHz → 8 kHz; keeps the sample phase across calls, so any chunking gives len(total)/3 samples."""
+
+    def __init__(self) -> None:
+        self._history = np.zeros(TAPS - 1)
+        self._consumed = 0
+
+    def process(self, pcm: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        signal = np.concatenate([self._history, np.asarray(pcm, dtype=np.float64)])
+        self._history = signal[-(TAPS - 1) :]
+        filtered = np.convolve(signal, _LOWPASS, mode="valid")  # one value per input sample
+        first = (-self._consumed) % FACTOR  # the next input index that is a multiple of 3
+        self._consumed += len(pcm)
+        return filtered[first::FACTOR].astype(np.float32)

@@ -1,0 +1,205 @@
+"""The Starlette app: one realtime session per WebSocket, plus /v1/models and /healthz.
+
+The same app runs in-process (tests, no Ray) and inside the Ray ingress deployment; only the gateway
+that finds a model slot differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from serve_app.config import AppConfig
+from serve_app.protocol.dialect import api_key_from_handshake, detect_dialect, select_subprotocol
+from serve_app.server.gateway import GatewayError, ModelGateway, SlotStream
+from serve_app.server.observer import NullObserver, SessionObserver
+from serve_app.session.session import RealtimeSession
+
+logger = logging.getLogger(__name__)
+
+# WebSocket close codes: 1008 policy (auth), 1011 server error (lost replica), 1013 try again later (full).
+_CLOSE_FOR_CODE = {"invalid_api_key": 1008, "model_not_found": 1008, "server_at_capacity": 1013}
+_AUDIO_DELTA_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
+
+
+def build_realtime_app(
+    gateway: ModelGateway, config: AppConfig, observer: SessionObserver | None = None
+) -> Starlette:
+    obs: SessionObserver = observer or NullObserver()
+
+    async def models(_: Request) -> JSONResponse:
+        created = 0
+        data = [
+            {"id": m, "object": "model", "created": created, "owned_by": "kyutai"}
+            for m in gateway.model_ids()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(_: Request) -> JSONResponse:
+        ready = await gateway.is_ready()
+        return JSONResponse({"status": "ok" if ready else "warming_up"}, status_code=200 if ready else 503)
+
+    async def realtime(ws: WebSocket) -> None:
+        await _RealtimeConnection(ws, gateway, config, obs).run()
+
+    routes = [
+        WebSocketRoute("/v1/realtime", realtime),
+        WebSocketRoute("/realtime", realtime),
+        Route("/v1/models", models),
+        Route("/healthz", healthz),
+    ]
+    return Starlette(routes=routes)
+
+
+class _RealtimeConnection:
+    """Pumps one socket: client text → session → slot audio; slot frames → session → client text."""
+
+    def __init__(self, ws: WebSocket, gateway: ModelGateway, config: AppConfig, obs: SessionObserver) -> None:
+        self.ws = ws
+        self.gateway = gateway
+        self.config = config
+        self.obs = obs
+        headers = {k.lower(): v for k, v in ws.headers.items()}
+        self.subprotocols: list[str] = list(ws.scope.get("subprotocols") or [])
+        self.query = dict(ws.query_params)
+        self.headers = headers
+        self.model_id = self.query.get("model") or ""
+        self.session_id = f"sess_{uuid.uuid4().hex[:24]}"
+        self.session = RealtimeSession(
+            session_id=self.session_id,
+            model_id=self.model_id,
+            dialect=detect_dialect(headers, self.subprotocols, config.server.dialect),
+            settings=config.session,
+        )
+        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.stream: SlotStream | None = None
+        self.first_input_at: float | None = None
+        self.first_audio_seen = False
+        self.log = {"session_id": self.session_id, "model": self.model_id}
+
+    async def run(self) -> None:
+        await self.ws.accept(subprotocol=select_subprotocol(self.subprotocols))
+        code = self._admission_error()
+        if code is None:
+            try:
+                self.stream = await self.gateway.open_session(self.model_id, self.session_id)
+            except GatewayError as exc:
+                code = exc.code
+        if code is not None:
+            await self._reject(code)
+            return
+        assert self.stream is not None
+        self.obs.session_started(self.model_id)
+        logger.info("session started", extra=self.log)
+        try:
+            await self._serve(self.stream)
+        finally:
+            await self.stream.close()
+            self.obs.session_ended(self.model_id)
+            logger.info("session ended", extra=self.log)
+
+    def _admission_error(self) -> str | None:
+        keys = self.config.server.effective_api_keys()
+        if keys and api_key_from_handshake(self.headers, self.subprotocols, self.query) not in keys:
+            return "invalid_api_key"
+        if self.model_id not in self.gateway.model_ids():
+            return "model_not_found"
+        return None
+
+    async def _reject(self, code: str) -> None:
+        self.obs.session_rejected(self.model_id, code)
+        logger.info("session rejected", extra={**self.log, "code": code})
+        self.session.fail(code)
+        for text in self.session.data_to_send():
+            await self.ws.send_text(text)
+        await self.ws.close(code=_CLOSE_FOR_CODE.get(code, 1011))
+
+    async def _serve(self, stream: SlotStream) -> None:
+        self.session.connect()
+        self._flush()
+        writer = asyncio.create_task(self._write())
+        pumps = [
+            asyncio.create_task(self._read_client(stream)),
+            asyncio.create_task(self._read_engine(stream)),
+            asyncio.create_task(self._tick_clock()),
+        ]
+        close_code = 1000
+        try:
+            done, _ = await asyncio.wait([*pumps, writer], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if isinstance(exc, GatewayError):
+                    logger.warning("session failed: %s", exc.code, extra=self.log)
+                    self.session.fail(exc.code)
+                    self._flush()
+                    close_code = 1011
+                elif exc is not None and not isinstance(exc, WebSocketDisconnect):
+                    logger.exception("session crashed", exc_info=exc, extra=self.log)
+                    self.session.fail("server_error")
+                    self._flush()
+                    close_code = 1011
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self.outbox.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, timeout=2.0)
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=close_code)
+
+    def _flush(self) -> None:
+        # Draining synchronously into one queue keeps the session's event order on the wire.
+        for text in self.session.data_to_send():
+            self.outbox.put_nowait(text)
+
+    async def _write(self) -> None:
+        while (text := await self.outbox.get()) is not None:
+            self._observe(text)
+            await self.ws.send_text(text)
+
+    def _observe(self, text: str) -> None:
+        event: dict[str, Any] = json.loads(text)
+        kind = event.get("type")
+        if kind == "error":
+            self.obs.error_sent(self.model_id, str(event.get("error", {}).get("code")))
+        elif kind in _AUDIO_DELTA_TYPES and not self.first_audio_seen and self.first_input_at is not None:
+            self.first_audio_seen = True
+            self.obs.first_audio(self.model_id, time.monotonic() - self.first_input_at)
+
+    async def _read_client(self, stream: SlotStream) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            self.session.receive_client_text(data)
+            for pcm in self.session.audio_for_engine():
+                if self.first_input_at is None:
+                    self.first_input_at = time.monotonic()
+                await stream.send_audio(pcm)
+            self._flush()
+
+    async def _read_engine(self, stream: SlotStream) -> None:
+        async for frame in stream.frames():
+            self.session.receive_engine_frame(frame)
+            self._flush()
+
+    async def _tick_clock(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.server.clock_interval_s)
+            self.session.advance_clock(time.monotonic())
+            self._flush()

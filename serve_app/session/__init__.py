@@ -1,0 +1,1 @@
+"""The sans-I/O realtime session: client events and engine frames in, server events and PCM out."""

@@ -1,0 +1,204 @@
+"""One response: Moshi's answer as the protocol sees it, from response.created to response.done.
+
+A response carries at most one utterance: one assistant message item with one content part (audio with
+its transcript, or text only). A client's response.create opens it before Moshi speaks (WAITING); the
+next utterance binds to it (STREAMING); an utterance with no waiting response gets a fresh one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from serve_app.engine.port import EngineFrame
+from serve_app.protocol.audio_stream import AudioEncoder
+from serve_app.protocol.codecs import AudioFormat
+from serve_app.protocol.dialect import Dialect
+from serve_app.session.config_wire import ga_format
+from serve_app.session.conversation import AssistantItem
+from serve_app.session.state import ResponseState, require
+
+JsonObject = dict[str, Any]
+FinalStatus = Literal["completed", "cancelled", "incomplete", "failed"]
+Reason = Literal["turn_detected", "client_cancelled", "max_output_tokens", "content_filter"]
+
+OUTPUT_INDEX = 0
+CONTENT_INDEX = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseOptions:
+    """What a response echoes, fixed when it is created (session config + response.create overrides)."""
+
+    conversation_id: str
+    audio_output: bool
+    output_format: AudioFormat
+    voice: str | dict[str, str]
+    temperature: float
+    max_output_tokens: int | Literal["inf"]
+    metadata: dict[str, str] | None = None
+
+    @property
+    def voice_name(self) -> str:
+        # Response objects type voice as a string in both dialects (no custom {id} object).
+        return self.voice if isinstance(self.voice, str) else self.voice.get("id", "")
+
+
+class Response:
+    def __init__(
+        self,
+        *,
+        response_id: str,
+        dialect: Dialect,
+        options: ResponseOptions,
+        emit: Callable[[JsonObject], None],
+    ) -> None:
+        self.id = response_id
+        self.dialect = dialect
+        self.options = options
+        self._emit = emit
+        self._encoder = AudioEncoder(options.output_format)
+        self.state = ResponseState.WAITING
+        self.status: str = "in_progress"
+        self.status_details: JsonObject | None = None
+        self.item: AssistantItem | None = None
+        self.frames = 0
+        self.audio_deltas = 0
+        self.text_deltas = 0
+        self.waited_frames = 0
+        """Engine frames seen while waiting for Moshi to speak."""
+        self.clock_mark_s: float | None = None
+        """Clock tick that started the current deadline (the wait, or the silence of the engine)."""
+        self.fresh = False
+        """An engine frame arrived since the last clock tick."""
+
+    # Lifecycle -----------------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        self._emit({"type": "response.created", "response": self.to_wire()})
+
+    def open_item(self, item: AssistantItem, previous_item_id: str | None) -> None:
+        """Bind the response to an utterance: announce its item and content part."""
+        require("open the response's item", self.state, ResponseState.WAITING)
+        self.state = ResponseState.STREAMING
+        self.item = item
+        in_progress = {**item.to_wire(self.dialect), "content": []}
+        self._emit({"type": "response.output_item.added", **self._where(item=False), "item": in_progress})
+        # openai-realtime-api-beta needs the conversation event before any content part event.
+        announce = "conversation.item.added" if self.dialect is Dialect.GA else "conversation.item.created"
+        self._emit({"type": announce, "previous_item_id": previous_item_id, "item": in_progress})
+        self._emit({"type": "response.content_part.added", **self._where(), "part": self._part("")})
+
+    def add_frame(self, frame: EngineFrame) -> None:
+        require("add a frame to the response", self.state, ResponseState.STREAMING)
+        assert self.item is not None
+        text = frame.text
+        if text and not self.item.pieces:
+            text = text.lstrip()  # Moshi's word-boundary space would otherwise open the transcript
+        self.item.add_frame(frame.pcm, text or None)
+        self.frames += 1
+        if text:
+            self.text_deltas += 1
+            kind = (
+                "response.output_audio_transcript.delta"
+                if self.options.audio_output
+                else "response.output_text.delta"
+            )
+            self._emit({"type": kind, **self._where(), "delta": text})
+        if self.options.audio_output:
+            self.audio_deltas += 1
+            self._emit(
+                {
+                    "type": "response.output_audio.delta",
+                    **self._where(),
+                    "delta": self._encoder.encode(frame.pcm),
+                }
+            )
+
+    def finish(
+        self, status: FinalStatus, *, reason: Reason | None = None, previous_item_id: str | None = None
+    ) -> None:
+        """Close the open part and item (if any) with their done events, then response.done."""
+        require("finish the response", self.state, ResponseState.WAITING, ResponseState.STREAMING)
+        self.status = status
+        if status != "completed":
+            self.status_details = {"type": status} if reason is None else {"type": status, "reason": reason}
+        if self.state is ResponseState.STREAMING:
+            assert self.item is not None
+            self.item.status = "completed" if status == "completed" else "incomplete"
+            self._close_item(previous_item_id)
+        self.state = ResponseState.DONE
+        self._emit({"type": "response.done", "response": self.to_wire()})
+
+    def _close_item(self, previous_item_id: str | None) -> None:
+        assert self.item is not None
+        transcript = self.item.transcript
+        if self.options.audio_output:
+            self._emit({"type": "response.output_audio.done", **self._where()})
+            self._emit(
+                {"type": "response.output_audio_transcript.done", **self._where(), "transcript": transcript}
+            )
+        else:
+            self._emit({"type": "response.output_text.done", **self._where(), "text": transcript})
+        self._emit({"type": "response.content_part.done", **self._where(), "part": self._part(transcript)})
+        item = self.item.to_wire(self.dialect)
+        self._emit({"type": "response.output_item.done", **self._where(item=False), "item": item})
+        if self.dialect is Dialect.GA:
+            self._emit({"type": "conversation.item.done", "previous_item_id": previous_item_id, "item": item})
+
+    # Wire shapes ---------------------------------------------------------------------------------
+
+    def _where(self, *, item: bool = True) -> JsonObject:
+        """The ids every event of this response's output repeats."""
+        where: JsonObject = {"response_id": self.id, "output_index": OUTPUT_INDEX}
+        if item:
+            assert self.item is not None
+            where |= {"item_id": self.item.id, "content_index": CONTENT_INDEX}
+        return where
+
+    def _part(self, transcript: str) -> JsonObject:
+        # Both dialects say audio/text in content_part events (items say output_audio/output_text in GA).
+        if self.options.audio_output:
+            return {"type": "audio", "transcript": transcript}
+        return {"type": "text", "text": transcript}
+
+    def usage(self) -> JsonObject:
+        """Tokens counted honestly: one audio token per 80 ms Mimi frame, one text token per text piece.
+        Input: each output frame was stepped on one input frame Moshi heard."""
+        audio_tokens = self.audio_deltas
+        output_tokens = audio_tokens + self.text_deltas
+        return {
+            "total_tokens": self.frames + output_tokens,
+            "input_tokens": self.frames,
+            "output_tokens": output_tokens,
+            "input_token_details": {"text_tokens": 0, "audio_tokens": self.frames, "cached_tokens": 0},
+            "output_token_details": {"text_tokens": self.text_deltas, "audio_tokens": audio_tokens},
+        }
+
+    def to_wire(self) -> JsonObject:
+        options = self.options
+        wire: JsonObject = {
+            "id": self.id,
+            "object": "realtime.response",
+            "status": self.status,
+            "status_details": self.status_details,
+            "output": [self.item.to_wire(self.dialect)]
+            if self.item is not None and self.state is ResponseState.DONE
+            else [],
+            "conversation_id": options.conversation_id,
+            "max_output_tokens": options.max_output_tokens,
+            "metadata": options.metadata,
+            "usage": self.usage() if self.state is ResponseState.DONE else None,
+        }
+        if self.dialect is Dialect.GA:
+            wire["output_modalities"] = ["audio"] if options.audio_output else ["text"]
+            wire["audio"] = {
+                "output": {"format": ga_format(options.output_format), "voice": options.voice_name}
+            }
+        else:
+            wire["modalities"] = ["text", "audio"] if options.audio_output else ["text"]
+            wire["voice"] = options.voice_name
+            wire["output_audio_format"] = options.output_format.value
+            wire["temperature"] = options.temperature
+        return wire

@@ -1,0 +1,47 @@
+"""Server-side knobs of a realtime session (from the app config), as opposed to what a client may set."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.constants import FRAME_MS
+
+
+class SessionSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    utterance_silence_ms: int = Field(default=800, ge=FRAME_MS)
+    """Consecutive non-speaking time that ends an assistant utterance (and so its response)."""
+
+    response_wait_ms: int = Field(default=4000, ge=FRAME_MS)
+    """How long a client `response.create` waits for Moshi to start speaking before it ends empty;
+    counted in input frames and in wall time (advance_clock), whichever runs out first."""
+
+    max_utterance_ms: int = Field(default=30_000, ge=FRAME_MS)
+    """Longest single response; a longer monologue continues in a new response."""
+
+    response_stall_ms: int = Field(default=3000, ge=FRAME_MS)
+    """Wall time without any engine frame after which a speaking response is closed (status incomplete):
+    Moshi steps only on input audio, so a client that stops sending audio would otherwise leave it open."""
+
+    min_commit_ms: int = Field(default=100, ge=0)
+    """The hosted service refuses to commit less than 100 ms of input audio."""
+
+    max_input_buffer_ms: int = Field(default=120_000, ge=FRAME_MS)
+    """Uncommitted input audio kept for a later commit (Moshi hears all of it regardless); a client that
+    streams without committing would otherwise grow it forever. 2 min of PCM16 is 5.8 MB."""
+
+    retained_audio_ms: int = Field(default=120_000, ge=0)
+    """Audio kept on items for `conversation.item.retrieve`; the oldest items lose theirs first."""
+
+    default_voice: str = "alloy"
+    """Echoed as the session voice; Moshi has one voice of its own whatever is asked."""
+
+    default_instructions: str = ""
+
+    default_turn_detection: Literal["server_vad", "semantic_vad"] | None = "server_vad"
+
+    expires_after_s: int = Field(default=3600, ge=1)
+    """Reported as session.expires_at; informational."""

@@ -1,0 +1,66 @@
+"""An in-process server (uvicorn thread, no Ray) on the embedded tiny checkpoints, shared by the module."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import uvicorn
+
+from serve_app.config import AppConfig, ModelConfig
+from serve_app.engine.spec import ModelSpec
+from serve_app.server.app import build_realtime_app
+from serve_app.server.local_gateway import LocalGateway, build_local_gateway
+from serve_app.session.settings import SessionSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    host: str
+    gateway: LocalGateway
+    config: AppConfig
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://{self.host}/v1"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://{self.host}"
+
+
+@pytest.fixture(scope="session")
+def local_server() -> Iterator[RunningServer]:
+    config = AppConfig(
+        models=(
+            ModelConfig(id="moshi-sft", spec=ModelSpec(tiny_seed=1), slots=3),
+            ModelConfig(id="moshi-base", spec=ModelSpec(tiny_seed=2), slots=2),
+        ),
+        session=SessionSettings(utterance_silence_ms=480),
+        server={"api_keys": ()},
+    )
+    gateway = build_local_gateway(config)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(build_realtime_app(gateway, config), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "in-process server did not start"
+        time.sleep(0.05)
+    yield RunningServer(f"127.0.0.1:{port}", gateway, config)
+    server.should_exit = True
+    thread.join(timeout=10)
+    gateway.stop()

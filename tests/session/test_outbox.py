@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serve_app.protocol.dialect import Dialect
+from serve_app.protocol.server_events import ServerEventInvalid
+from serve_app.session.outbox import Outbox
+
+DELTA = {
+    "type": "response.output_audio.delta",
+    "response_id": "r",
+    "item_id": "i",
+    "output_index": 0,
+    "content_index": 0,
+    "delta": "",
+}
+
+
+def test_names_ids_and_draining() -> None:
+    for dialect, name in (
+        (Dialect.GA, "response.output_audio.delta"),
+        (Dialect.BETA, "response.audio.delta"),
+    ):
+        outbox = Outbox(dialect)
+        outbox.emit(DELTA)
+        outbox.emit(DELTA)
+        first, second = (json.loads(text) for text in outbox.drain())
+        assert first["type"] == name and first["event_id"] != second["event_id"]
+        assert outbox.drain() == []
+
+
+def test_invalid_events_never_reach_the_queue() -> None:
+    outbox = Outbox(Dialect.GA)
+    with pytest.raises(ServerEventInvalid):
+        outbox.emit({**DELTA, "output_index": None})
+    assert outbox.drain() == []
