@@ -150,6 +150,7 @@ class _RealtimeConnection:
                     self._flush()
                     close_code = 1011
         finally:
+            self.session.close()
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 
@@ -38,10 +39,9 @@ class RunnerSlotStream:
         return cls(runner, asyncio.get_running_loop())
 
     def _hand_over(self, item: object) -> None:
-        try:
+        # RuntimeError: the loop is gone, the session already ended.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone: the session already ended
-            pass
 
     def _on_frame(self, frame: EngineFrame) -> None:
         self._hand_over(frame)

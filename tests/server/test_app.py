@@ -68,7 +68,9 @@ async def test_api_keys_enforced_when_configured(
     async with websockets.connect(_url(local_server)) as ws:
         event = await _next_event(ws)
         assert event["error"]["code"] == "invalid_api_key"
-    async with websockets.connect(_url(local_server), additional_headers={"Authorization": "Bearer sk-good"}) as ws:
+    async with websockets.connect(
+        _url(local_server), additional_headers={"Authorization": "Bearer sk-good"}
+    ) as ws:
         assert (await _next_event(ws))["type"] == "session.created"
     browser = ["realtime", "openai-insecure-api-key.sk-other"]
     async with websockets.connect(_url(local_server), subprotocols=browser) as ws:  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""The official openai SDK, GA and beta, drives the in-process server with the real engine (tiny checkpoint)."""
+"""The official openai SDK, GA and beta, drives the in-process server with the real engine."""
 
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ GA = Names(
     "response.output_audio_transcript.done",
 )
 BETA = Names(
-    "response.audio.delta", "response.audio.done", "response.audio_transcript.delta", "response.audio_transcript.done"
+    "response.audio.delta",
+    "response.audio.done",
+    "response.audio_transcript.delta",
+    "response.audio_transcript.done",
 )
 
 
@@ -102,8 +105,10 @@ async def _converse(conn: Any, names: Names, session_update: dict[str, Any]) -> 
     await _recv_until(
         conn,
         log,
-        lambda e: e.type == "response.created"
-        or (e.type == "error" and e.error.code == "conversation_already_has_active_response"),
+        lambda e: (
+            e.type == "response.created"
+            or (e.type == "error" and e.error.code == "conversation_already_has_active_response")
+        ),
         10,
     )
     await conn.response.cancel()
@@ -119,7 +124,9 @@ async def _converse(conn: Any, names: Names, session_update: dict[str, Any]) -> 
     assert again.type == "session.updated"
     await conn.input_audio_buffer.append(audio=base64.b64encode(to_pcm16(speech_like(0.4, seed=3))).decode())
     await conn.input_audio_buffer.commit()
-    committed = await _recv_until(conn, log, lambda e: e.type in ("input_audio_buffer.committed", "error"), 10)
+    committed = await _recv_until(
+        conn, log, lambda e: e.type in ("input_audio_buffer.committed", "error"), 10
+    )
     assert committed.type == "input_audio_buffer.committed"
 
 

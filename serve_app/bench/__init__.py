@@ -1,0 +1,1 @@
+"""Benchmark programs (they print numbers and write JSON + plots; they are not tests)."""

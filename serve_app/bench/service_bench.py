@@ -1,0 +1,422 @@
+"""Service benchmark: what the WebSocket + Ray path adds over the engine-only loop, and how many paced
+real-time sessions one CPU model replica holds.
+
+Run: `python -m serve_app.bench.service_bench [--out bench_out]`. Writes service_bench.json and
+service_bench.png. A program that prints numbers, not a test. Both sides use the same tiny checkpoint, the
+same BatchedEngine + ClockedRunner (80 ms clock) and the same paced clients:
+
+- Latency probes. A session sends one 80 ms frame every 80 ms; every 25th frame is a probe preceded and
+  followed by 3 skipped frames, so the probe is the only frame in flight: its latency is the time from
+  sending it to the first output that arrives after it. Engine-only: push into the slot → frame callback
+  on the loop. Service: `input_audio_buffer.append` on a WebSocket → proxy → ingress → inbox actor →
+  model replica → tick → streaming call → ingress → `response.output_audio.delta`. The service only sends
+  audio inside a response, so probes that fall between Moshi's utterances get no output (counted as
+  `unanswered`). The 80 ms clock adds 0–80 ms of waiting to both sides alike.
+- Capacity ramp. N sessions stream without gaps for a few seconds; the frame deficit is frames sent minus
+  frames the engine produced for them 0.5 s after the last send (service: counted at the ingress), less
+  the one frame every session's start swallows. The largest N with zero deficit is the real-time capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import random
+import shlex
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi is imported (through serve_app.engine)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np
+import torch
+
+from serve_app.bench.engine_bench import Timing, git_commit, machine_info
+from serve_app.constants import FRAME_MS, FRAME_SAMPLES
+from serve_app.engine.batch import BatchedEngine
+from serve_app.engine.loader import load_model
+from serve_app.engine.runner import ClockedRunner
+from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.server.local_gateway import RunnerSlotStream
+
+logger = logging.getLogger("service_bench")
+
+FRAME_S = FRAME_MS / 1000
+PROBE_CYCLE = 25
+GAP = 3
+PROBE_AT = PROBE_CYCLE - GAP - 1
+"""Frame positions in a cycle: PROBE_AT-GAP .. PROBE_AT-1 skipped, PROBE_AT probe, then GAP skipped."""
+SETTLE_S = 0.5
+STARTUP_FRAMES = 1
+"""A session's first frame produces no output: the engine drops Mimi's first encoded frame (left padding)."""
+MODEL_ID = "moshi-sft"
+
+
+@dataclass
+class SessionRun:
+    sent: int = 0
+    probe_sent_at: list[float] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    session_id: str = ""
+
+    def probe_latencies(self) -> tuple[list[float], int]:
+        """(latency of each answered probe, number unanswered within the gap after it)."""
+        answered: list[float] = []
+        arrivals = np.asarray(self.arrivals)
+        for sent in self.probe_sent_at:
+            later = arrivals[(arrivals > sent) & (arrivals <= sent + GAP * FRAME_S)]
+            if later.size:
+                answered.append(float(later.min()) - sent)
+        return answered, len(self.probe_sent_at) - len(answered)
+
+
+def skipped(position: int) -> bool:
+    return PROBE_AT - GAP <= position < PROBE_AT or position > PROBE_AT
+
+
+async def paced(
+    send: Callable[[np.ndarray], Awaitable[None]],
+    run: SessionRun,
+    seconds: float,
+    probes: bool,
+    phase: int,
+    offset_s: float,
+) -> None:
+    """Send frames on an absolute 80 ms schedule (no drift); with probes, gap → probe → gap each cycle."""
+    rng = np.random.default_rng(phase)
+    start = time.monotonic() + offset_s
+    frames = int(seconds / FRAME_S)
+    for k in range(frames):
+        position = (k + phase) % PROBE_CYCLE
+        delay = start + k * FRAME_S - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if probes and skipped(position):
+            continue
+        pcm = (0.1 * rng.standard_normal(FRAME_SAMPLES)).astype(np.float32)
+        if probes and position == PROBE_AT:
+            run.probe_sent_at.append(time.monotonic())
+        await send(pcm)
+        run.sent += 1
+
+
+# --- engine only ---------------------------------------------------------------------------------------
+
+
+async def engine_sessions(runner: ClockedRunner, n: int, seconds: float, probes: bool) -> list[SessionRun]:
+    async def one(index: int) -> SessionRun:
+        run = SessionRun()
+        stream = RunnerSlotStream.open(runner)
+
+        async def consume() -> None:
+            async for _ in stream.frames():
+                run.arrivals.append(time.monotonic())
+
+        reader = asyncio.create_task(consume())
+        try:
+            await paced(
+                stream.send_audio, run, seconds, probes, phase=index * 7, offset_s=random.random() * FRAME_S
+            )
+            await asyncio.sleep(SETTLE_S)
+        finally:
+            await stream.close()
+            await reader
+        return run
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+# --- service (Ray Serve + WebSocket) -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_config(port: int, slots: int) -> dict[str, Any]:
+    return {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "logging_config": {"encoding": "JSON", "enable_access_log": False, "log_level": "WARNING"},
+        "applications": [
+            {
+                "name": "bench",
+                "route_prefix": "/",
+                "import_path": "serve_app.app:build_app",
+                "args": {"models": [{"id": MODEL_ID, "spec": {"tiny_seed": 1}, "slots": slots}]},
+                "deployments": [
+                    {"name": "RealtimeIngress", "ray_actor_options": {"num_cpus": 0.25}},
+                    {
+                        "name": MODEL_ID,
+                        "num_replicas": 1,
+                        "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
+                    },
+                ],
+            }
+        ],
+    }
+
+
+SESSION_UPDATE = {
+    "type": "session.update",
+    "session": {
+        "type": "realtime",
+        "output_modalities": ["audio"],
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None}},
+    },
+}
+
+
+async def service_sessions(url: str, n: int, seconds: float, probes: bool) -> list[SessionRun]:
+    import websockets
+
+    async def one(index: int) -> SessionRun:
+        run = SessionRun()
+        async with websockets.connect(url, max_size=None) as ws:
+            created = json.loads(await ws.recv())
+            assert created["type"] == "session.created", created
+            run.session_id = created["session"]["id"]
+            await ws.send(json.dumps(SESSION_UPDATE))
+
+            async def consume() -> None:
+                async for message in ws:
+                    event = json.loads(message)
+                    if event["type"] == "response.output_audio.delta":
+                        run.arrivals.append(time.monotonic())
+                    elif event["type"] == "error":
+                        logger.warning("server error: %s", event["error"])
+
+            async def send(pcm: np.ndarray) -> None:
+                pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
+                await ws.send(
+                    json.dumps(
+                        {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm16).decode()}
+                    )
+                )
+
+            reader = asyncio.create_task(consume())
+            try:
+                await paced(send, run, seconds, probes, phase=index * 7, offset_s=random.random() * FRAME_S)
+                await asyncio.sleep(SETTLE_S)
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        return run
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+# --- measurement -----------------------------------------------------------------------------------------
+
+
+def latency_row(n: int, runs: Sequence[SessionRun]) -> dict[str, Any]:
+    answered: list[float] = []
+    unanswered = 0
+    for run in runs:
+        got, missed = run.probe_latencies()
+        answered += got
+        unanswered += missed
+    return {
+        "sessions": n,
+        "probe": asdict(Timing.of(answered)) if answered else None,
+        "unanswered_probes": unanswered,
+    }
+
+
+def deficit_row(n: int, sent: Sequence[int], produced: Sequence[int]) -> dict[str, Any]:
+    deficits = [max(0, s - STARTUP_FRAMES - p) for s, p in zip(sent, produced, strict=True)]
+    return {
+        "sessions": n,
+        "frames_sent": sum(sent),
+        "deficit_total": sum(deficits),
+        "deficit_max": max(deficits),
+    }
+
+
+async def measure(
+    sessions: Callable[[int, float, bool], Awaitable[list[SessionRun]]],
+    produced: Callable[[list[SessionRun]], Awaitable[list[int]]],
+    args: argparse.Namespace,
+    label: str,
+) -> dict[str, Any]:
+    latency = []
+    for n in args.sessions:
+        runs = await sessions(n, args.seconds, True)
+        latency.append(latency_row(n, runs))
+        logger.info("%s latency %s", label, latency[-1])
+    ramp = []
+    for n in args.ramp:
+        runs = await sessions(n, args.ramp_seconds, False)
+        ramp.append(deficit_row(n, [r.sent for r in runs], await produced(runs)))
+        logger.info("%s ramp %s", label, ramp[-1])
+        if ramp[-1]["deficit_total"] > 0 and len(ramp) >= 2 and ramp[-2]["deficit_total"] > 0:
+            break  # two steps past capacity: the rest only takes longer
+    capacity = 0
+    for row in ramp:
+        if row["deficit_total"] > 0:
+            break
+        capacity = row["sessions"]
+    return {"latency": latency, "ramp": ramp, "realtime_sessions": capacity}
+
+
+async def run_engine_only(args: argparse.Namespace, slots: int) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    engine = BatchedEngine(load_model(ModelSpec(tiny_seed=1)), slots=slots, sampling=SamplingParams())
+    engine.warmup()
+    runner = ClockedRunner(engine)
+    runner.start()
+    try:
+
+        async def produced(runs: list[SessionRun]) -> list[int]:
+            return [len(r.arrivals) for r in runs]
+
+        async def sessions(n: int, seconds: float, probes: bool) -> list[SessionRun]:
+            return await engine_sessions(runner, n, seconds, probes)
+
+        return await measure(sessions, produced, args, "engine-only")
+    finally:
+        runner.stop()
+        engine.close()
+
+
+def run_service(args: argparse.Namespace, slots: int) -> dict[str, Any]:
+    import ray
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.run import deploy, wait_healthy
+
+    port = free_port()
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, namespace="serve", log_to_driver=False)
+    try:
+        schema = ServeDeploySchema.model_validate(service_config(port, slots))
+        started = time.monotonic()
+        deploy(schema)
+        if not wait_healthy(schema, timeout_s=300):
+            raise RuntimeError("the service did not become healthy")
+        logger.info("service healthy after %.1f s", time.monotonic() - started)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:
+            assert response.status == 200
+        ingress = serve.get_deployment_handle("RealtimeIngress", "bench")
+        url = f"ws://127.0.0.1:{port}/v1/realtime?model={MODEL_ID}"
+
+        async def produced(runs: list[SessionRun]) -> list[int]:
+            served: dict[str, dict[str, int]] = await ingress.session_replicas.remote()
+            return [sum(served.get(r.session_id, {}).values()) for r in runs]
+
+        async def sessions(n: int, seconds: float, probes: bool) -> list[SessionRun]:
+            return await service_sessions(url, n, seconds, probes)
+
+        return asyncio.run(measure(sessions, produced, args, "service"))
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
+def added(engine: dict[str, Any], service: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for e, s in zip(engine["latency"], service["latency"], strict=True):
+        if e["probe"] and s["probe"]:
+            rows.append(
+                {
+                    "sessions": e["sessions"],
+                    "p50_added_ms": round(s["probe"]["p50_ms"] - e["probe"]["p50_ms"], 2),
+                    "p99_added_ms": round(s["probe"]["p99_ms"] - e["probe"]["p99_ms"], 2),
+                }
+            )
+    return rows
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, ramp) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for side, style in (("engine_only", "o-"), ("service", "s--")):
+        rows = [r for r in result[side]["latency"] if r["probe"]]
+        ns = [r["sessions"] for r in rows]
+        lat.plot(ns, [r["probe"]["p50_ms"] for r in rows], style, label=f"{side} p50")
+        lat.plot(ns, [r["probe"]["p99_ms"] for r in rows], style, alpha=0.5, label=f"{side} p99")
+        rows = result[side]["ramp"]
+        ramp.plot([r["sessions"] for r in rows], [r["deficit_total"] for r in rows], style, label=side)
+    lat.set_xscale("log", base=2)
+    lat.set_xlabel("concurrent paced sessions")
+    lat.set_ylabel("probe latency, ms (input frame → its output)")
+    lat.grid(True, alpha=0.3)
+    lat.legend(fontsize=8)
+    ramp.set_xlabel("concurrent sessions on one replica")
+    ramp.set_ylabel(f"frames not produced {SETTLE_S} s after the last send")
+    ramp.set_title(
+        f"real-time sessions: engine-only {result['engine_only']['realtime_sessions']}, "
+        f"service {result['service']['realtime_sessions']}",
+        fontsize=9,
+    )
+    ramp.grid(True, alpha=0.3)
+    ramp.legend(fontsize=8)
+    machine = result["machine"]
+    fig.suptitle(f"tiny checkpoint, {machine['nproc']}-core CPU ({machine['cpu_model']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.bench.service_bench", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16], help="latency runs")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each latency run")
+    parser.add_argument("--ramp", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16, 24, 32])
+    parser.add_argument("--ramp-seconds", type=float, default=8.0, help="length of each ramp step")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, engine-only (Ray gives a 1-CPU actor 1)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(arguments)
+    slots = max([*args.sessions, *args.ramp])
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "command": shlex.join(["python", "-m", "serve_app.bench.service_bench", *arguments]),
+        "commit": git_commit(),
+        "machine": machine_info(torch.device("cpu")),
+        "slots": slots,
+        "probe": {"cycle_frames": PROBE_CYCLE, "gap_frames": GAP},
+    }
+    result["engine_only"] = asyncio.run(run_engine_only(args, slots))
+    result["service"] = run_service(args, slots)
+    result["added_latency"] = added(result["engine_only"], result["service"])
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "service_bench.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / "service_bench.png")
+    print(json.dumps({k: result[k] for k in ("added_latency", "commit")}, indent=2))
+    print(
+        f"real-time sessions on one CPU replica: service {result['service']['realtime_sessions']}, "
+        f"engine-only {result['engine_only']['realtime_sessions']}"
+    )
+    print(f"wrote {args.out / 'service_bench.json'} and {args.out / 'service_bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""B independent Moshi sessions in lockstep: one Mimi encode, one LMGen step, one Mimi decode per tick.
+
+Follows the verified recipe of notes/moshi.md §5: per-slot reset masks, exec masks for slots without a frame
+(paused, never fed invented silence), -2 placeholder rows clamped before decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from moshi.models.lm import LMGen
+
+from serve_app.constants import FRAME_SAMPLES
+from serve_app.engine.loader import LoadedModel
+from serve_app.engine.port import EngineFrame
+from serve_app.engine.spec import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+WARMUP_TICKS = 5
+"""Enough for CUDAGraphed (1 eager call, then capture) to have captured encode, step and decode."""
+
+
+class NoFreeSlot(Exception):
+    """Every slot of this engine is taken."""
+
+
+@dataclass
+class _Slot:
+    open: bool = False
+    generation: int = 0
+    """Bumped on every open, so output of a tick that raced a close/reopen is dropped."""
+    starting: bool = False
+    """The session's first frame is still to come: reset its rows on the tick that steps it."""
+    frames: deque[npt.NDArray[np.float32]] = field(default_factory=deque)
+    partial: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+def text_pieces(tokenizer: Any, size: int, silent_ids: set[int]) -> list[str | None]:
+    """Text for each token id: the piece with "▁" as a space, None for padding and non-pieces."""
+    vocab = int(tokenizer.vocab_size())
+    pieces: list[str | None] = []
+    for token in range(size):
+        special = token in silent_ids or token >= vocab
+        if (
+            special
+            or tokenizer.is_control(token)
+            or tokenizer.is_unknown(token)
+            or tokenizer.is_unused(token)
+        ):
+            pieces.append(None)
+        else:
+            pieces.append(str(tokenizer.id_to_piece(token)).replace("▁", " "))
+    return pieces
+
+
+class BatchedEngine:
+    """Fixed number of slots over one Mimi + one LMGen; `tick()` steps every slot that has a full frame.
+
+    `push` and the slot calls may come from any thread; `tick` runs on one (the runner's).
+    """
+
+    def __init__(self, model: LoadedModel, *, slots: int, sampling: SamplingParams) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self._model = model
+        self._sampling = sampling
+        self._slots = [_Slot() for _ in range(slots)]
+        self._lock = threading.Lock()  # slot table and audio buffers
+        self._tick_lock = threading.Lock()  # model streaming state: one tick at a time
+        self._lm_gen = LMGen(
+            model.lm,
+            use_sampling=sampling.use_sampling,
+            temp=sampling.temp,
+            temp_text=sampling.temp_text,
+            top_k=sampling.top_k,
+            top_k_text=sampling.top_k_text,
+            support_out_of_sync=True,  # otherwise one slot's reset blanks a step for every slot
+        )
+        lm = model.lm
+        self._pieces = text_pieces(
+            model.tokenizer,
+            max(lm.text_card, lm.text_linear.out_features) + 1,
+            {lm.text_padding_token_id, lm.end_of_text_padding_id},
+        )
+        self._streams = ExitStack()
+        try:
+            with torch.no_grad():
+                self._streams.enter_context(model.mimi.streaming(slots))
+                self._streams.enter_context(self._lm_gen.streaming(slots))
+        except BaseException:
+            # e.g. out of memory while allocating KV caches: moshi leaves the half-built states attached,
+            # and the model could never stream again. Detach them all.
+            self._streams.close()
+            for module in (self._lm_gen, model.lm, model.mimi):
+                module._stop_streaming()
+            raise
+        self._audio = np.zeros((slots, 1, FRAME_SAMPLES), np.float32)
+        self.last_tokens: dict[int, npt.NDArray[np.int64]] = {}
+        """Per slot stepped validly in the last tick: [text, audio codes...] (for tests and diagnostics)."""
+        self.ready = False
+        self._closed = False
+        # Sampling draws from torch's global RNG (moshi passes no generator), shared by every engine in the
+        # process; a session's samples depend on its co-tenants anyway. Seeding makes a new engine repeatable.
+        torch.manual_seed(sampling.seed)
+
+    # --- slots ---------------------------------------------------------------------------------------------
+
+    @property
+    def slots_total(self) -> int:
+        return len(self._slots)
+
+    @property
+    def slots_used(self) -> int:
+        with self._lock:
+            return sum(slot.open for slot in self._slots)
+
+    def open_slot(self) -> int:
+        with self._lock:
+            for index, slot in enumerate(self._slots):
+                if not slot.open:
+                    slot.open, slot.starting = True, True
+                    slot.generation += 1
+                    slot.frames.clear()
+                    slot.partial = np.zeros(0, np.float32)
+                    return index
+        raise NoFreeSlot(f"all {len(self._slots)} slots are in use")
+
+    def close_slot(self, slot: int) -> None:
+        """Free the slot (idempotent). Its rows are reset when the slot's next session starts."""
+        with self._lock:
+            state = self._slot(slot)
+            state.open = False
+            state.frames.clear()
+            state.partial = np.zeros(0, np.float32)
+
+    def push(self, slot: int, pcm: npt.NDArray[np.float32]) -> None:
+        """Queue 24 kHz mono audio of any length; it is cut into 1920-sample frames for the ticks."""
+        samples = np.asarray(pcm, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"expected mono audio of shape [n], got {samples.shape}")
+        with self._lock:
+            state = self._slot(slot)
+            if not state.open:
+                raise ValueError(f"slot {slot} is not open")
+            data = np.concatenate([state.partial, samples]) if state.partial.size else samples
+            whole = data.size - data.size % FRAME_SAMPLES
+            for start in range(0, whole, FRAME_SAMPLES):
+                state.frames.append(data[start : start + FRAME_SAMPLES].copy())
+            state.partial = data[whole:].copy()
+
+    def queued_frames(self, slot: int) -> int:
+        with self._lock:
+            return len(self._slot(slot).frames)
+
+    def _slot(self, slot: int) -> _Slot:
+        if not 0 <= slot < len(self._slots):
+            raise ValueError(f"no slot {slot}: this engine has {len(self._slots)}")
+        return self._slots[slot]
+
+    # --- stepping ------------------------------------------------------------------------------------------
+
+    def tick(self) -> dict[int, EngineFrame]:
+        """Step every open slot that has a full frame queued; return the frames produced this tick."""
+        with self._tick_lock:
+            if self._closed:
+                raise RuntimeError("engine is closed")
+            active = np.zeros(len(self._slots), bool)
+            starting = np.zeros(len(self._slots), bool)
+            generations: dict[int, int] = {}
+            with self._lock:
+                for index, slot in enumerate(self._slots):
+                    if slot.open and slot.frames:
+                        self._audio[index, 0] = slot.frames.popleft()
+                        active[index], starting[index] = True, slot.starting
+                        slot.starting = False
+                        generations[index] = slot.generation
+            if not generations:
+                return {}
+            tokens, pcm = self._step(active, starting)
+            frames: dict[int, EngineFrame] = {}
+            self.last_tokens = {}
+            with self._lock:
+                for index, generation in generations.items():
+                    slot = self._slots[index]
+                    if pcm is None or tokens[index, 1] < 0 or not slot.open or slot.generation != generation:
+                        continue
+                    text = self._piece(int(tokens[index, 0]))
+                    frames[index] = EngineFrame(pcm=pcm[index].copy(), text=text, speaking=text is not None)
+                    self.last_tokens[index] = tokens[index].copy()
+            return frames
+
+    def _piece(self, token: int) -> str | None:
+        return self._pieces[token] if 0 <= token < len(self._pieces) else None
+
+    def _step(
+        self, active_np: npt.NDArray[np.bool_], starting_np: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32] | None]:
+        """notes/moshi.md §5, steps 1-5. Returns tokens [B, 1+dep_q] (-2 where not generated), pcm [B, N]."""
+        mimi, lm_gen, device = self._model.mimi, self._lm_gen, self._model.device
+        any_start = bool(starting_np.any())
+        with torch.no_grad():
+            active = torch.from_numpy(active_np).to(device)
+            starting = torch.from_numpy(starting_np).to(device)
+            audio = torch.from_numpy(self._audio).to(device)
+            if any_start:
+                mimi.reset_streaming(starting)
+                lm_gen.reset_streaming(starting)
+            mimi.set_exec_mask(active)
+            codes = mimi.encode(audio)  # idle rows hold stale audio but are masked: their state does not move
+            if any_start:
+                # The first encoded frame carries the encoder's left padding; the stock server drops it the
+                # same way (reset Mimi after the first encode), per slot here.
+                mimi.reset_streaming(starting)
+            lm_gen.set_exec_mask(active)
+            out = lm_gen.step(codes)
+            assert out is not None  # support_out_of_sync never returns None
+            valid = active & (out[:, 1, 0] >= 0)
+            pcm: torch.Tensor | None = None
+            if bool(valid.any()):
+                mimi.set_exec_mask(valid)
+                pcm = mimi.decode(out[:, 1:].clamp(min=0))
+            tokens = out[:, :, 0].cpu().numpy()
+            return tokens, None if pcm is None else pcm[:, 0].float().cpu().numpy()
+
+    def warmup(self) -> None:
+        """Run a few full-batch ticks (captures CUDA graphs on GPU), then reset every row and reseed."""
+        with self._tick_lock:
+            with self._lock:
+                if any(slot.open for slot in self._slots):
+                    raise RuntimeError("warmup needs an idle engine")
+            everyone = np.ones(len(self._slots), bool)
+            rng = np.random.default_rng(0)
+            for index in range(WARMUP_TICKS):
+                self._audio[:] = rng.standard_normal(self._audio.shape).astype(np.float32) * 0.05
+                self._step(everyone, everyone if index == 0 else ~everyone)
+            with torch.no_grad():
+                self._model.mimi.reset_streaming()
+                self._lm_gen.reset_streaming()
+            if self._model.device.type == "cuda":
+                torch.cuda.synchronize(self._model.device)
+            self._audio[:] = 0.0
+            torch.manual_seed(self._sampling.seed)
+            self.ready = True
+        logger.info("engine warmed up: %d slots on %s", len(self._slots), self._model.device)
+
+    def close(self) -> None:
+        """Leave streaming mode so the model can be reused (e.g. by another engine in a benchmark)."""
+        with self._tick_lock:
+            if not self._closed:
+                self._closed = True
+                self.ready = False
+                self._streams.close()
+
+    def __enter__(self) -> BatchedEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

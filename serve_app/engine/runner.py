@@ -1,0 +1,241 @@
+"""The clock of a model replica: a plain thread ticking the batched engine every 80 ms while a slot is open.
+
+The model step never runs on an asyncio loop; callbacks are invoked from this thread and must hand off fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from serve_app.constants import FRAME_MS
+from serve_app.engine.batch import BatchedEngine
+from serve_app.engine.port import EngineFrame
+
+logger = logging.getLogger(__name__)
+
+FrameCallback = Callable[[EngineFrame], None]
+ErrorCallback = Callable[[BaseException], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TickStats:
+    duration_s: float
+    active_slots: int
+    """Slots open when the tick started."""
+    stepped_slots: int
+    """Slots that had a frame queued and were stepped."""
+    late: bool
+    """The tick took longer than the period."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStats:
+    ticks: int
+    """Ticks that stepped at least one slot (empty ticks cost nothing and are not counted)."""
+    late_ticks: int
+    errors: int
+    recent_durations_s: tuple[float, ...]
+    p50_s: float
+    p99_s: float
+    slots_used: int
+    slots_total: int
+    period_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    on_frame: FrameCallback
+    on_error: ErrorCallback | None
+
+
+class ClockedRunner:
+    """Owns the engine's clock. `open_slot`/`push`/`close_slot` may be called from any thread."""
+
+    def __init__(
+        self,
+        engine: BatchedEngine,
+        *,
+        period_s: float = FRAME_MS / 1000,
+        on_tick: Callable[[TickStats], None] | None = None,
+        history: int = 1000,
+    ) -> None:
+        self._engine = engine
+        self._period = period_s
+        self._on_tick = on_tick
+        # Guards the registrations; held while dispatching so no callback runs after close_slot returns
+        # (reentrant: a callback may close its own slot).
+        self._lock = threading.RLock()
+        self._registrations: dict[int, _Registration] = {}
+        self._failed: set[int] = set()
+        """Slots whose session was told of a failed tick; held until their owner closes them, so a late
+        push from the old session can never reach a new session on the same slot."""
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._durations: deque[float] = deque(maxlen=history)
+        self._ticks = 0
+        self._late = 0
+        self._errors = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("runner already started")
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="engine-clock", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the clock (open slots stay open; their sessions simply get no more frames)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def ready(self) -> bool:
+        """Warmed up and clocking: the replica may take sessions."""
+        return self._engine.ready and self.running
+
+    # --- slots ---------------------------------------------------------------------------------------------
+
+    @property
+    def slots_total(self) -> int:
+        return self._engine.slots_total
+
+    @property
+    def slots_used(self) -> int:
+        return self._engine.slots_used
+
+    def open_slot(self, on_frame: FrameCallback, on_error: ErrorCallback | None = None) -> int:
+        """Take a free slot (raises NoFreeSlot). Callbacks run on the runner thread; `on_error` is told
+        when a tick fails, after which the slot is closed."""
+        slot = self._engine.open_slot()
+        with self._lock:
+            self._registrations[slot] = _Registration(on_frame, on_error)
+        self._wake.set()
+        return slot
+
+    def push(self, slot: int, pcm: npt.NDArray[np.float32]) -> None:
+        with self._lock:
+            if slot in self._failed:
+                return  # the session already got on_error; its audio goes nowhere
+        self._engine.push(slot, pcm)
+
+    def close_slot(self, slot: int) -> None:
+        """Free the slot (idempotent); no callback for it runs after this returns."""
+        with self._lock:
+            self._registrations.pop(slot, None)
+            self._failed.discard(slot)
+            self._engine.close_slot(slot)
+
+    def stats(self) -> RunnerStats:
+        with self._lock:
+            durations = tuple(self._durations)
+            ticks, late, errors = self._ticks, self._late, self._errors
+        p50, p99 = (float(v) for v in np.percentile(durations, [50, 99])) if durations else (0.0, 0.0)
+        return RunnerStats(
+            ticks=ticks,
+            late_ticks=late,
+            errors=errors,
+            recent_durations_s=durations,
+            p50_s=p50,
+            p99_s=p99,
+            slots_used=self.slots_used,
+            slots_total=self.slots_total,
+            period_s=self._period,
+        )
+
+    # --- the clock -----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            deadline: float | None = None
+            while not self._stopping.is_set():
+                if not self._wait_for_slots():
+                    deadline = None  # idle: the next session starts a fresh schedule
+                    continue
+                now = time.monotonic()
+                deadline = now if deadline is None else deadline
+                if deadline > now and self._stopping.wait(deadline - now):
+                    break
+                self._tick_once()
+                # Behind schedule: at most one immediate catch-up tick, never a burst.
+                deadline = max(deadline + self._period, time.monotonic() - self._period)
+        except BaseException:  # the loop itself must never die silently
+            logger.exception("engine clock crashed")
+            raise
+
+    def _wait_for_slots(self) -> bool:
+        """True when a slot is open; otherwise block (no polling) until one opens or stop."""
+        with self._lock:
+            if self._registrations:
+                return True
+        self._wake.wait()
+        self._wake.clear()
+        return False
+
+    def _tick_once(self) -> None:
+        with self._lock:
+            snapshot = dict(self._registrations)
+        started = time.perf_counter()
+        try:
+            frames = self._engine.tick()
+        except Exception as exc:
+            self._fail(snapshot, exc)
+            return
+        duration = time.perf_counter() - started
+        stats = TickStats(
+            duration_s=duration,
+            active_slots=len(snapshot),
+            stepped_slots=len(frames),
+            late=duration > self._period,
+        )
+        with self._lock:
+            if frames:
+                self._ticks += 1
+                self._late += stats.late
+                self._durations.append(duration)
+            for slot, frame in frames.items():
+                registration = self._registrations.get(slot)
+                if registration is None or registration is not snapshot.get(slot):
+                    continue  # closed (or closed and reopened) while the tick ran
+                try:
+                    registration.on_frame(frame)
+                except Exception:
+                    logger.exception("on_frame callback of slot %d failed", slot)
+        if self._on_tick is not None:
+            try:
+                self._on_tick(stats)
+            except Exception:
+                logger.exception("on_tick callback failed")
+
+    def _fail(self, snapshot: dict[int, _Registration], exc: Exception) -> None:
+        """A failed tick may have left any row half-stepped: end every session (each owner is told and then
+        closes its slot), keep serving new ones (a slot's rows are reset when its next session starts)."""
+        logger.exception("engine tick failed; ending %d sessions", len(snapshot))
+        with self._lock:
+            self._errors += 1
+            failed, self._registrations = self._registrations, {}
+            self._failed.update(failed)
+            for slot, registration in failed.items():
+                if registration.on_error is None:
+                    continue
+                try:
+                    registration.on_error(exc)
+                except Exception:
+                    logger.exception("on_error callback of slot %d failed", slot)

@@ -1,0 +1,196 @@
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import psutil
+import pytest
+
+from serve_app.engine.batch import BatchedEngine, NoFreeSlot
+from serve_app.engine.loader import LoadedModel
+from serve_app.engine.port import EngineFrame
+from serve_app.engine.runner import ClockedRunner, TickStats
+from serve_app.engine.spec import SamplingParams
+from tests.engine.support import noise
+
+
+class Inbox:
+    """Collects one slot's callbacks (they arrive on the runner thread)."""
+
+    def __init__(self) -> None:
+        self.frames: list[EngineFrame] = []
+        self.errors: list[BaseException] = []
+        self.threads: set[str] = set()
+        self.changed = threading.Condition()
+
+    def on_frame(self, frame: EngineFrame) -> None:
+        with self.changed:
+            self.frames.append(frame)
+            self.threads.add(threading.current_thread().name)
+            self.changed.notify_all()
+
+    def on_error(self, exc: BaseException) -> None:
+        with self.changed:
+            self.errors.append(exc)
+            self.changed.notify_all()
+
+    def wait_frames(self, count: int, timeout: float = 20.0) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.frames) >= count, timeout), len(self.frames)
+
+
+@pytest.fixture
+def engine(tiny_model: LoadedModel) -> Iterator[BatchedEngine]:
+    with BatchedEngine(tiny_model, slots=2, sampling=SamplingParams(use_sampling=False)) as engine:
+        engine.warmup()
+        yield engine
+
+
+@pytest.fixture
+def ticks() -> list[TickStats]:
+    return []
+
+
+@pytest.fixture
+def runner(engine: BatchedEngine, ticks: list[TickStats]) -> Iterator[ClockedRunner]:
+    runner = ClockedRunner(engine, period_s=0.08, on_tick=ticks.append)
+    runner.start()
+    yield runner
+    runner.stop()
+    assert not runner.running
+
+
+def test_delivers_frames_at_the_period(runner: ClockedRunner, ticks: list[TickStats]) -> None:
+    assert runner.ready and (runner.slots_used, runner.slots_total) == (0, 2)
+    inbox = Inbox()
+    slot = runner.open_slot(inbox.on_frame, on_error=inbox.on_error)
+    assert runner.slots_used == 1
+    started = time.monotonic()
+    runner.push(slot, noise(12, seed=1))
+    inbox.wait_frames(11)  # the first step of a session yields nothing
+    elapsed = time.monotonic() - started
+    assert inbox.threads == {"engine-clock"} and not inbox.errors
+    assert all(frame.pcm.shape == (1920,) for frame in inbox.frames)
+    assert 11 * 0.08 * 0.8 < elapsed < 10  # clocked, not free-running
+    stepped = [t for t in ticks if t.stepped_slots]
+    assert len(stepped) >= 11 and all(t.active_slots == 1 for t in stepped)
+    stats = runner.stats()
+    assert stats.ticks == 11 and len(stats.recent_durations_s) == 11  # ticks that produced frames
+    assert 0 < stats.p50_s <= stats.p99_s and stats.period_s == 0.08
+    assert stats.late_ticks == sum(t.late for t in stepped)
+    runner.close_slot(slot)
+
+
+def test_idles_without_slots(runner: ClockedRunner, ticks: list[TickStats]) -> None:
+    time.sleep(0.3)
+    assert ticks == []  # never ticks with no slot open
+    inbox = Inbox()
+    slot = runner.open_slot(inbox.on_frame)
+    runner.push(slot, noise(3, seed=2))
+    inbox.wait_frames(2)
+    runner.close_slot(slot)
+    time.sleep(0.2)  # let an in-flight wait finish
+    count = len(ticks)
+    cpu_before = psutil.Process().cpu_times()
+    time.sleep(0.5)
+    cpu_after = psutil.Process().cpu_times()
+    assert len(ticks) == count  # idle again: no ticks
+    assert (cpu_after.user + cpu_after.system) - (
+        cpu_before.user + cpu_before.system
+    ) < 0.1  # and no busy loop
+
+
+def test_close_and_reopen(runner: ClockedRunner) -> None:
+    first = Inbox()
+    slot = runner.open_slot(first.on_frame)
+    runner.push(slot, noise(40, seed=3))
+    first.wait_frames(3)
+    runner.close_slot(slot)
+    seen = len(first.frames)
+    second = Inbox()
+    again = runner.open_slot(second.on_frame)
+    assert again == slot  # the freed slot is reused, with its rows reset
+    runner.push(again, noise(4, seed=5))
+    second.wait_frames(3)
+    assert len(first.frames) == seen  # nothing for the old session after close_slot returned
+    runner.close_slot(again)
+
+
+def test_full_runner_raises(runner: ClockedRunner) -> None:
+    slots = [runner.open_slot(Inbox().on_frame) for _ in range(2)]
+    with pytest.raises(NoFreeSlot):
+        runner.open_slot(Inbox().on_frame)
+    for slot in slots:
+        runner.close_slot(slot)
+
+
+def test_late_ticks_are_counted(engine: BatchedEngine) -> None:
+    runner = ClockedRunner(engine, period_s=0.001)  # every real tick overruns 1 ms
+    runner.start()
+    try:
+        inbox = Inbox()
+        slot = runner.open_slot(inbox.on_frame)
+        runner.push(slot, noise(5, seed=6))
+        inbox.wait_frames(4)
+        stats = runner.stats()
+        assert stats.late_ticks >= 4 and stats.late_ticks <= stats.ticks
+    finally:
+        runner.stop()
+
+
+def test_tick_failure_is_reported_and_runner_survives(
+    runner: ClockedRunner, engine: BatchedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = Inbox(), Inbox()
+    real_tick = engine.tick
+    failures = iter([RuntimeError("boom")])
+
+    def flaky_tick() -> dict[int, EngineFrame]:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real_tick()
+
+    monkeypatch.setattr(engine, "tick", flaky_tick)
+    slot_a = runner.open_slot(a.on_frame, on_error=a.on_error)
+    slot_b = runner.open_slot(b.on_frame, on_error=b.on_error)
+    with a.changed:
+        assert a.changed.wait_for(lambda: a.errors, 5)
+    with b.changed:
+        assert b.changed.wait_for(lambda: b.errors, 5)  # every open slot hears about it
+    assert str(a.errors[0]) == "boom" and runner.running and runner.stats().errors == 1
+    runner.push(slot_a, noise(3, seed=7))  # a late push from a failed session is dropped, not an error
+    assert runner.slots_used == 2  # held until the owners close them...
+    runner.close_slot(slot_a)
+    runner.close_slot(slot_b)
+    assert runner.slots_used == 0  # ...then free again
+    c = Inbox()
+    slot = runner.open_slot(c.on_frame, on_error=c.on_error)
+    runner.push(slot, noise(3, seed=8))
+    c.wait_frames(2)  # new sessions are served
+    assert not c.errors
+    runner.close_slot(slot)
+
+
+def test_bad_callback_does_not_kill_the_clock(runner: ClockedRunner) -> None:
+    def explode(frame: EngineFrame) -> None:
+        raise ValueError("callback bug")
+
+    bad = runner.open_slot(explode)
+    good = Inbox()
+    slot = runner.open_slot(good.on_frame)
+    runner.push(bad, noise(4, seed=9))
+    runner.push(slot, noise(4, seed=10))
+    good.wait_frames(3)
+    assert runner.running
+    runner.close_slot(bad)
+    runner.close_slot(slot)
+
+
+def test_frames_are_float32_pcm(runner: ClockedRunner) -> None:
+    inbox = Inbox()
+    slot = runner.open_slot(inbox.on_frame)
+    runner.push(slot, noise(3, seed=11))
+    inbox.wait_frames(2)
+    assert all(f.pcm.dtype == np.float32 for f in inbox.frames)
+    runner.close_slot(slot)
