@@ -5,13 +5,15 @@ Run: `python -m serve_app.bench.service_bench [--out bench_out]`. Writes service
 service_bench.png. A program that prints numbers, not a test. Both sides use the same tiny checkpoint, the
 same BatchedEngine + ClockedRunner (80 ms clock) and the same paced clients:
 
-- Latency probes. A session sends one 80 ms frame every 80 ms; every 25th frame is a probe preceded and
-  followed by 3 skipped frames, so the probe is the only frame in flight: its latency is the time from
-  sending it to the first output that arrives after it. Engine-only: push into the slot → frame callback
+- Latency probes. A session sends 80 ms frames on an 80 ms grid; every 10th is a probe, preceded and
+  followed by 3 skipped frames and sent at a random point of its 80 ms, so it is the only frame in flight
+  and meets the engine's clock at a random phase: its latency is the time from sending it to the first
+  output that arrives after it. Engine-only: push into the slot → frame callback
   on the loop. Service: `input_audio_buffer.append` on a WebSocket → proxy → ingress → inbox actor →
   model replica → tick → streaming call → ingress → `response.output_audio.delta`. The service only sends
   audio inside a response, so probes that fall between Moshi's utterances get no output (counted as
-  `unanswered`). The 80 ms clock adds 0–80 ms of waiting to both sides alike.
+  `unanswered`). The 80 ms clock adds 0–80 ms (uniform) of waiting to both sides alike, so compare means
+  and percentiles over many probes.
 - Capacity ramp. N sessions stream without gaps for a few seconds; the frame deficit is frames sent minus
   frames the engine produced for them 0.5 s after the last send (service: counted at the ingress), less
   the one frame every session's start swallows. The largest N with zero deficit is the real-time capacity.
@@ -30,7 +32,6 @@ import shlex
 import socket
 import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ from serve_app.server.local_gateway import RunnerSlotStream
 logger = logging.getLogger("service_bench")
 
 FRAME_S = FRAME_MS / 1000
-PROBE_CYCLE = 25
+PROBE_CYCLE = 10
 GAP = 3
 PROBE_AT = PROBE_CYCLE - GAP - 1
 """Frame positions in a cycle: PROBE_AT-GAP .. PROBE_AT-1 skipped, PROBE_AT probe, then GAP skipped."""
@@ -108,6 +109,10 @@ async def paced(
             continue
         pcm = (0.1 * rng.standard_normal(FRAME_SAMPLES)).astype(np.float32)
         if probes and position == PROBE_AT:
+            # Sender and engine both run 80 ms clocks: without a random offset every probe of a session
+            # would meet the tick at the same phase, and the 0–80 ms wait for the tick would be a constant
+            # that differs from run to run instead of noise that averages out.
+            await asyncio.sleep(float(rng.uniform(0, FRAME_S)))
             run.probe_sent_at.append(time.monotonic())
         await send(pcm)
         run.sent += 1
@@ -233,6 +238,7 @@ def latency_row(n: int, runs: Sequence[SessionRun]) -> dict[str, Any]:
     return {
         "sessions": n,
         "probe": asdict(Timing.of(answered)) if answered else None,
+        "mean_ms": round(1000 * float(np.mean(answered)), 2) if answered else None,
         "unanswered_probes": unanswered,
     }
 
@@ -248,23 +254,27 @@ def deficit_row(n: int, sent: Sequence[int], produced: Sequence[int]) -> dict[st
 
 
 async def measure(
-    sessions: Callable[[int, float, bool], Awaitable[list[SessionRun]]],
+    configure: Callable[[int], Awaitable[Callable[[int, float, bool], Awaitable[list[SessionRun]]]]],
     produced: Callable[[list[SessionRun]], Awaitable[list[int]]],
     args: argparse.Namespace,
     label: str,
 ) -> dict[str, Any]:
-    latency = []
-    for n in args.sessions:
-        runs = await sessions(n, args.seconds, True)
-        latency.append(latency_row(n, runs))
-        logger.info("%s latency %s", label, latency[-1])
-    ramp = []
-    for n in args.ramp:
-        runs = await sessions(n, args.ramp_seconds, False)
-        ramp.append(deficit_row(n, [r.sent for r in runs], await produced(runs)))
-        logger.info("%s ramp %s", label, ramp[-1])
-        if ramp[-1]["deficit_total"] > 0 and len(ramp) >= 2 and ramp[-2]["deficit_total"] > 0:
-            break  # two steps past capacity: the rest only takes longer
+    """For each load N (latency runs and ramp steps), an engine of N slots: a tick costs the same for every
+    slot it holds, so a replica sized far above its load would be measured slower than it need be."""
+    latency: list[dict[str, Any]] = []
+    ramp: list[dict[str, Any]] = []
+    for n in sorted({*args.sessions, *args.ramp}):
+        ramping = n in args.ramp and not (len(ramp) >= 2 and all(r["deficit_total"] > 0 for r in ramp[-2:]))
+        if n not in args.sessions and not ramping:
+            continue  # two ramp steps past capacity already: the rest only takes longer
+        sessions = await configure(n)
+        if n in args.sessions:
+            latency.append(latency_row(n, await sessions(n, args.seconds, True)))
+            logger.info("%s latency %s", label, latency[-1])
+        if ramping:
+            runs = await sessions(n, args.ramp_seconds, False)
+            ramp.append(deficit_row(n, [r.sent for r in runs], await produced(runs)))
+            logger.info("%s ramp %s", label, ramp[-1])
     capacity = 0
     for row in ramp:
         if row["deficit_total"] > 0:
@@ -273,27 +283,39 @@ async def measure(
     return {"latency": latency, "ramp": ramp, "realtime_sessions": capacity}
 
 
-async def run_engine_only(args: argparse.Namespace, slots: int) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    engine = BatchedEngine(load_model(ModelSpec(tiny_seed=1)), slots=slots, sampling=SamplingParams())
-    engine.warmup()
-    runner = ClockedRunner(engine)
-    runner.start()
-    try:
+async def run_engine_only(args: argparse.Namespace) -> dict[str, Any]:
+    model = load_model(ModelSpec(tiny_seed=1))
+    current: list[tuple[BatchedEngine, ClockedRunner]] = []
 
-        async def produced(runs: list[SessionRun]) -> list[int]:
-            return [len(r.arrivals) for r in runs]
+    def release() -> None:
+        while current:
+            engine, runner = current.pop()
+            runner.stop()
+            engine.close()
+
+    async def configure(slots: int) -> Callable[[int, float, bool], Awaitable[list[SessionRun]]]:
+        release()
+        engine = BatchedEngine(model, slots=slots, sampling=SamplingParams())
+        engine.warmup()
+        runner = ClockedRunner(engine)
+        runner.start()
+        current.append((engine, runner))
 
         async def sessions(n: int, seconds: float, probes: bool) -> list[SessionRun]:
             return await engine_sessions(runner, n, seconds, probes)
 
-        return await measure(sessions, produced, args, "engine-only")
+        return sessions
+
+    async def produced(runs: list[SessionRun]) -> list[int]:
+        return [len(r.arrivals) for r in runs]
+
+    try:
+        return await measure(configure, produced, args, "engine-only")
     finally:
-        runner.stop()
-        engine.close()
+        release()
 
 
-def run_service(args: argparse.Namespace, slots: int) -> dict[str, Any]:
+def run_service(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
@@ -301,27 +323,32 @@ def run_service(args: argparse.Namespace, slots: int) -> dict[str, Any]:
     from serve_app.run import deploy, wait_healthy
 
     port = free_port()
+    url = f"ws://127.0.0.1:{port}/v1/realtime?model={MODEL_ID}"
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, namespace="serve", log_to_driver=False)
-    try:
+
+    async def configure(slots: int) -> Callable[[int, float, bool], Awaitable[list[SessionRun]]]:
+        # A fresh app per size: the model replica's slots are fixed at construction.
+        if "bench" in serve.status().applications:
+            await asyncio.to_thread(serve.delete, "bench")
         schema = ServeDeploySchema.model_validate(service_config(port, slots))
         started = time.monotonic()
-        deploy(schema)
-        if not wait_healthy(schema, timeout_s=300):
+        await asyncio.to_thread(deploy, schema)
+        if not await asyncio.to_thread(wait_healthy, schema, 300):
             raise RuntimeError("the service did not become healthy")
-        logger.info("service healthy after %.1f s", time.monotonic() - started)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:
-            assert response.status == 200
-        ingress = serve.get_deployment_handle("RealtimeIngress", "bench")
-        url = f"ws://127.0.0.1:{port}/v1/realtime?model={MODEL_ID}"
-
-        async def produced(runs: list[SessionRun]) -> list[int]:
-            served: dict[str, dict[str, int]] = await ingress.session_replicas.remote()
-            return [sum(served.get(r.session_id, {}).values()) for r in runs]
+        logger.info("service with %d slots healthy after %.1f s", slots, time.monotonic() - started)
 
         async def sessions(n: int, seconds: float, probes: bool) -> list[SessionRun]:
             return await service_sessions(url, n, seconds, probes)
 
-        return asyncio.run(measure(sessions, produced, args, "service"))
+        return sessions
+
+    async def produced(runs: list[SessionRun]) -> list[int]:
+        ingress = serve.get_deployment_handle("RealtimeIngress", "bench")
+        served: dict[str, dict[str, int]] = await ingress.session_replicas.remote()
+        return [sum(served.get(r.session_id, {}).values()) for r in runs]
+
+    try:
+        return asyncio.run(measure(configure, produced, args, "service"))
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
@@ -334,6 +361,7 @@ def added(engine: dict[str, Any], service: dict[str, Any]) -> list[dict[str, Any
             rows.append(
                 {
                     "sessions": e["sessions"],
+                    "mean_added_ms": round(s["mean_ms"] - e["mean_ms"], 2),
                     "p50_added_ms": round(s["probe"]["p50_ms"] - e["probe"]["p50_ms"], 2),
                     "p99_added_ms": round(s["probe"]["p99_ms"] - e["probe"]["p99_ms"], 2),
                 }
@@ -384,7 +412,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ramp", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16, 24, 32])
     parser.add_argument("--ramp-seconds", type=float, default=8.0, help="length of each ramp step")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads, engine-only (Ray gives a 1-CPU actor 1)"
+        "--threads", type=int, default=1, help="engine-only torch threads (a replica of num_cpus <= 1 gets 1)"
     )
     return parser.parse_args(argv)
 
@@ -393,17 +421,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(arguments)
-    slots = max([*args.sessions, *args.ramp])
     started = time.perf_counter()
+    torch.set_num_threads(args.threads)  # before machine_info records it
     result: dict[str, Any] = {
         "command": shlex.join(["python", "-m", "serve_app.bench.service_bench", *arguments]),
         "commit": git_commit(),
         "machine": machine_info(torch.device("cpu")),
-        "slots": slots,
+        "slots": "= sessions (one engine sized to each load)",
         "probe": {"cycle_frames": PROBE_CYCLE, "gap_frames": GAP},
     }
-    result["engine_only"] = asyncio.run(run_engine_only(args, slots))
-    result["service"] = run_service(args, slots)
+    result["engine_only"] = asyncio.run(run_engine_only(args))
+    result["service"] = run_service(args)
     result["added_latency"] = added(result["engine_only"], result["service"])
     result["seconds"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)

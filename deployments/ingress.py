@@ -1,0 +1,59 @@
+"""Ingress deployment: the realtime Starlette app, one WebSocket session per socket, Ray-backed gateway.
+
+The socket shell (serve_app.server.app) and the session core know nothing of Ray; this class only wires
+the RayGateway, a per-replica inbox actor and the metrics observer into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ray import serve
+from ray.serve import Deployment
+from ray.serve.handle import DeploymentHandle
+from starlette.applications import Starlette
+
+from deployments.inbox import start_inbox
+from deployments.metrics import IngressMetrics
+from deployments.ray_gateway import DEFAULT_ADMISSION_TIMEOUT_S, RayGateway
+from serve_app.config import AppConfig
+from serve_app.server.app import build_realtime_app
+
+
+class RealtimeIngress:
+    def __init__(self, config: dict[str, Any], models: Mapping[str, DeploymentHandle[Any]]) -> None:
+        self._config = AppConfig.model_validate(config)
+        self._app_name = serve.get_replica_context().app_name
+        self._gateway = RayGateway(models, start_inbox(), deployment_status=self._running_models)
+        self._metrics = IngressMetrics(self._gateway.model_ids())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """`serve deploy` can change these in place (no restart, live sessions untouched)."""
+        self._gateway.admission_timeout_s = float(
+            user_config.get("admission_timeout_s", DEFAULT_ADMISSION_TIMEOUT_S)
+        )
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        return build_realtime_app(self._gateway, self._config, observer=self._metrics)
+
+    def _running_models(self) -> dict[str, bool]:
+        app = serve.status().applications.get(self._app_name)
+        if app is None:
+            return {}
+        return {
+            name: any(state == "RUNNING" and count > 0 for state, count in dep.replica_states.items())
+            for name, dep in app.deployments.items()
+        }
+
+    def session_replicas(self) -> dict[str, dict[str, int]]:
+        """session id → {replica id: frames served} for recent sessions on this ingress replica."""
+        return self._gateway.ledger.snapshot()
+
+
+IngressDeployment: Deployment = serve.deployment(
+    # Each open WebSocket is one ongoing request on its ingress replica.
+    max_ongoing_requests=1000,
+    ray_actor_options={"num_cpus": 0.5},
+    user_config={"admission_timeout_s": DEFAULT_ADMISSION_TIMEOUT_S},
+)(serve.ingress()(RealtimeIngress))

@@ -1,0 +1,142 @@
+"""Prometheus metrics of the service, tagged by model type (exported by Ray as `ray_moshi_realtime_*`).
+
+Serve adds the `deployment`, `replica` and `application` tags itself. Metric objects are created inside
+the replica that records them (they do not pickle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from serve_app.engine.runner import TickStats
+
+PREFIX = "moshi_realtime_"
+MODEL_TAG = "model"
+CODE_TAG = "code"
+
+# 80 ms is the real-time budget of one tick; the buckets resolve around it.
+TICK_BUCKETS_S = [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]
+FIRST_AUDIO_BUCKETS_S = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]
+
+
+def _start_at_zero(counter: Counter) -> None:
+    """Export a counter before its first event, so dashboards and alerts see 0 rather than no series.
+
+    `Counter.inc` refuses 0; recording the point directly is what it does underneath.
+    """
+    counter._record(0)
+
+
+class ModelMetrics:
+    """Per model replica: sessions, slots and the clocked loop's health."""
+
+    def __init__(self, model_id: str) -> None:
+        self.active_sessions = Gauge(
+            PREFIX + "active_sessions", "Sessions holding a slot on this replica.", tag_keys=(MODEL_TAG,)
+        )
+        self.slots_used = Gauge(PREFIX + "slots_used", "Batch slots in use.", tag_keys=(MODEL_TAG,))
+        self.slots_total = Gauge(PREFIX + "slots_total", "Batch slots of the replica.", tag_keys=(MODEL_TAG,))
+        self.tick_duration = Histogram(
+            PREFIX + "tick_duration_seconds",
+            "Wall time of one engine tick (budget: 0.08 s).",
+            boundaries=TICK_BUCKETS_S,
+            tag_keys=(MODEL_TAG,),
+        )
+        self.late_ticks = Counter(
+            PREFIX + "late_ticks", "Ticks that started after their 80 ms deadline.", tag_keys=(MODEL_TAG,)
+        )
+        self.missed_frames = Counter(
+            PREFIX + "missed_frames",
+            "Slot-ticks where an active session had no input frame and was paused.",
+            tag_keys=(MODEL_TAG,),
+        )
+        self.sessions_served = Counter(
+            PREFIX + "replica_sessions", "Sessions admitted by this replica.", tag_keys=(MODEL_TAG,)
+        )
+        self.admissions_refused = Counter(
+            PREFIX + "replica_admissions_refused",
+            "Sessions routed here that found no free slot.",
+            tag_keys=(MODEL_TAG,),
+        )
+        for metric in (
+            self.active_sessions,
+            self.slots_used,
+            self.slots_total,
+            self.tick_duration,
+            self.late_ticks,
+            self.missed_frames,
+            self.sessions_served,
+            self.admissions_refused,
+        ):
+            metric.set_default_tags({MODEL_TAG: model_id})  # Serve adds its tags into the dict it gets
+        for counter in (self.late_ticks, self.missed_frames):
+            _start_at_zero(counter)
+
+    def record_ticks(self, ticks: Iterable[TickStats]) -> None:
+        late = missed = 0
+        for tick in ticks:
+            if tick.stepped_slots:  # a tick with nothing to step costs nothing: keep it out of the histogram
+                self.tick_duration.observe(tick.duration_s)
+                late += int(tick.late)
+            missed += tick.active_slots - tick.stepped_slots
+        if late:
+            self.late_ticks.inc(late)
+        if missed:
+            self.missed_frames.inc(missed)
+
+    def record_slots(self, used: int, total: int, sessions: int) -> None:
+        self.slots_used.set(used)
+        self.slots_total.set(total)
+        self.active_sessions.set(sessions)
+
+
+class IngressMetrics:
+    """Per ingress replica: the SessionObserver the WebSocket app reports to."""
+
+    def __init__(self, model_ids: Iterable[str]) -> None:
+        # Clients choose the model id they ask for: unknown ones share one label, or a scan of
+        # made-up ids would grow a series per id.
+        self._known = frozenset(model_ids)
+        keys = (MODEL_TAG,)
+        self.sessions = Gauge(
+            PREFIX + "sessions", "Open realtime sessions (sockets past admission).", tag_keys=keys
+        )
+        self.sessions_started = Counter(PREFIX + "sessions_started", "Sessions admitted.", tag_keys=keys)
+        # Ray annotates tag_keys as a 1-tuple; any tuple of names works.
+        by_code: Any = (MODEL_TAG, CODE_TAG)
+        self.sessions_rejected = Counter(
+            PREFIX + "sessions_rejected", "Sessions refused at admission, by error code.", tag_keys=by_code
+        )
+        self.errors = Counter(PREFIX + "errors", "`error` events sent to clients, by code.", tag_keys=by_code)
+        self.time_to_first_audio = Histogram(
+            PREFIX + "time_to_first_audio_seconds",
+            "From a session's first input audio to its first output audio delta.",
+            boundaries=FIRST_AUDIO_BUCKETS_S,
+            tag_keys=keys,
+        )
+        self._open: dict[str, int] = {}
+
+    def session_started(self, model_id: str) -> None:
+        self._open[model_id] = self._open.get(model_id, 0) + 1
+        self.sessions.set(self._open[model_id], tags={MODEL_TAG: model_id})
+        self.sessions_started.inc(tags={MODEL_TAG: model_id})
+
+    def session_ended(self, model_id: str) -> None:
+        self._open[model_id] = max(0, self._open.get(model_id, 0) - 1)
+        self.sessions.set(self._open[model_id], tags={MODEL_TAG: model_id})
+
+    def _label(self, model_id: str) -> str:
+        return model_id if model_id in self._known else "unknown"
+
+    def session_rejected(self, model_id: str, code: str) -> None:
+        self.sessions_rejected.inc(tags={MODEL_TAG: self._label(model_id), CODE_TAG: code})
+
+    def error_sent(self, model_id: str, code: str) -> None:
+        self.errors.inc(tags={MODEL_TAG: self._label(model_id), CODE_TAG: code})
+
+    def first_audio(self, model_id: str, seconds: float) -> None:
+        self.time_to_first_audio.observe(seconds, tags={MODEL_TAG: model_id})

@@ -1,0 +1,175 @@
+"""`python -m serve_app.run --config configs/local.yaml --host 127.0.0.1 --port 8000`.
+
+Starts a local Ray instance (or joins one with --address), deploys the Serve YAML with its http_options
+host/port replaced, waits until /healthz answers 200, prints where to connect, and serves until SIGINT or
+SIGTERM, then shuts Serve and Ray down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import serve
+from ray.serve._private import api as serve_api
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.config import AppConfig
+
+logger = logging.getLogger("serve_app.run")
+
+APP_IMPORT_PATHS = ("serve_app.app:build_app", "serve_app.app:app")
+
+
+def load_deploy_config(path: Path, host: str | None = None, port: int | None = None) -> ServeDeploySchema:
+    raw: dict[str, Any] = yaml.safe_load(path.read_text())
+    http = dict(raw.get("http_options") or {})
+    if host is not None:
+        http["host"] = host
+    if port is not None:
+        http["port"] = port
+    raw["http_options"] = http
+    return ServeDeploySchema.model_validate(raw)
+
+
+def app_configs(schema: ServeDeploySchema) -> list[AppConfig]:
+    """The AppConfig each of our applications will build (validates `args` before deploying)."""
+    from serve_app.app import load_config
+
+    return [
+        load_config(dict(app.args or {}))
+        for app in schema.applications
+        if app.import_path in APP_IMPORT_PATHS
+    ]
+
+
+def deploy(schema: ServeDeploySchema) -> None:
+    """Start Serve on the connected Ray instance and submit the config, as `serve run <yaml>` does."""
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        grpc_options=schema.grpc_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        controller_options=schema.controller_options,
+    )
+    client.deploy_apps(schema, _blocking=False)
+
+
+def base_url(schema: ServeDeploySchema) -> str:
+    host = schema.http_options.host or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{schema.http_options.port}"
+
+
+def _healthz_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _failed_apps() -> dict[str, str]:
+    apps = serve.status().applications
+    return {name: app.message for name, app in apps.items() if app.status == "DEPLOY_FAILED"}
+
+
+def wait_healthy(schema: ServeDeploySchema, timeout_s: float, stop: threading.Event | None = None) -> bool:
+    """Poll every application's /healthz until all answer 200; raise if a deployment failed."""
+    urls = [
+        base_url(schema) + (app.route_prefix or "/").rstrip("/") + "/healthz" for app in schema.applications
+    ]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (stop and stop.is_set()):
+        if all(_healthz_ok(url) for url in urls):
+            return True
+        failed = _failed_apps()
+        if failed:
+            raise RuntimeError(f"deployment failed: {failed}")
+        time.sleep(0.5)
+    return False
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/local.yaml"), help="Serve YAML")
+    parser.add_argument("--host", default=None, help="override http_options.host")
+    parser.add_argument("--port", type=int, default=None, help="override http_options.port")
+    parser.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus export port (local Ray)")
+    parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (local Ray)")
+    parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for /healthz")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    schema = load_deploy_config(args.config, args.host, args.port)
+    configs = app_configs(schema)
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        logger.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    init_kwargs: dict[str, Any] = {"namespace": "serve"}
+    if args.address:
+        init_kwargs["address"] = args.address
+    else:
+        init_kwargs["include_dashboard"] = args.dashboard
+        if args.metrics_port is not None:
+            init_kwargs["_metrics_export_port"] = args.metrics_port
+    ray.init(**init_kwargs)
+    # After ray.init, which installs its own SIGTERM handler (sys.exit) on the driver.
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    code = 0
+    try:
+        deploy(schema)
+        started = time.monotonic()
+        if not wait_healthy(schema, args.ready_timeout, stop):
+            if not stop.is_set():
+                logger.error("not healthy after %.0f s", args.ready_timeout)
+                code = 1
+            return code
+        url = base_url(schema)
+        ws = url.replace("http://", "ws://", 1)
+        print(f"\nMoshi realtime is up after {time.monotonic() - started:.1f} s:", flush=True)
+        for config in configs:
+            for model in config.models:
+                print(f"  {ws}/v1/realtime?model={model.id}", flush=True)
+        print(f"  models: {url}/v1/models   health: {url}/healthz", flush=True)
+        tiny = [m.id for c in configs for m in c.models if m.spec.tiny_seed is not None]
+        if tiny:
+            print(
+                f"  NOTE: {', '.join(tiny)} are embedded tiny checkpoints with RANDOM weights: they "
+                "answer with noise. Point the config at kyutai/moshiko-pytorch-bf16 (or a local "
+                "directory) on a GPU machine for the real model.",
+                flush=True,
+            )
+        print("Press Ctrl-C to stop.", flush=True)
+        while not stop.wait(1.0):
+            pass
+    except Exception:
+        logger.exception("serving failed")
+        code = 1
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

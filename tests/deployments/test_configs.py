@@ -1,0 +1,98 @@
+"""The shipped configs load: Serve YAMLs through Serve's own schema, cluster.yaml through Ray's validator."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.metrics import PREFIX
+from serve_app.app import load_config
+from serve_app.config import EMBEDDED_MODELS
+from serve_app.run import app_configs, load_deploy_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _deployments(schema: ServeDeploySchema) -> dict[str, Any]:
+    (app,) = schema.applications
+    return {d.name: d for d in app.deployments}
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "production.yaml"])
+def test_serve_yaml_parses_and_builds_one_deployment_per_model(name: str) -> None:
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "configs" / name).read_text()))
+    (config,) = app_configs(schema)
+    deployments = _deployments(schema)
+    assert set(deployments) == {m.id for m in config.models} | {"RealtimeIngress"}
+    assert schema.http_options.request_timeout_s is None  # it would cut live WebSockets
+    for model in config.models:
+        # max_ongoing_requests is derived from slots; a YAML value would break admission = free slot.
+        assert "max_ongoing_requests" not in deployments[model.id].model_fields_set
+
+
+def test_local_yaml_is_the_embedded_default_on_cpu() -> None:
+    schema = load_deploy_config(ROOT / "configs" / "local.yaml", host="127.0.0.1", port=8123)
+    assert (schema.http_options.host, schema.http_options.port) == ("127.0.0.1", 8123)
+    (config,) = app_configs(schema)
+    assert {m.id: m.spec.tiny_seed for m in config.models} == EMBEDDED_MODELS
+    for model in config.models:
+        assert _deployments(schema)[model.id].ray_actor_options.num_gpus == 0
+
+
+def test_production_yaml_uses_gpus_real_checkpoints_and_autoscaling() -> None:
+    schema = load_deploy_config(ROOT / "configs" / "production.yaml")
+    (config,) = app_configs(schema)
+    assert config.model("moshi-sft") is not None
+    for model in config.models:
+        assert model.spec.hf_repo is not None and model.spec.hf_repo.startswith("kyutai/")
+        dep = _deployments(schema)[model.id]
+        assert dep.ray_actor_options.num_gpus == 1
+        auto = dep.autoscaling_config
+        assert auto["max_replicas"] > auto["min_replicas"]
+        assert auto["target_ongoing_requests"] <= model.slots
+        assert dep.graceful_shutdown_timeout_s >= 600
+
+
+def test_args_without_models_mean_the_embedded_default() -> None:
+    config = load_config({"server": {"dialect": "beta"}})
+    assert [m.id for m in config.models] == list(EMBEDDED_MODELS)
+    assert config.server.dialect == "beta"
+
+
+def test_cluster_yaml_passes_ray_validation() -> None:
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)
+    types = prepared["available_node_types"]
+    head = types[prepared["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpus = sorted(t["resources"]["GPU"] for t in types.values() if t["resources"].get("GPU", 0) > 0)
+    assert gpus[0] == 1 and gpus[-1] > 1
+
+
+def test_cluster_validation_rejects_fractional_gpus() -> None:
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    raw["available_node_types"]["gpu-1x"]["resources"]["GPU"] = 0.5
+    with pytest.raises(Exception, match="integer"):
+        validate_config(prepare_config(raw))
+
+
+def test_grafana_dashboard_queries_only_metrics_the_service_exports() -> None:
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "moshi-realtime.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    series = {m for e in exprs for m in re.findall(r"ray_moshi_\w+", e)}
+    source = (ROOT / "deployments" / "metrics.py").read_text()
+    defined = {"ray_" + PREFIX + name for name in re.findall(r'PREFIX \+ "(\w+)"', source)}
+    # Prometheus names: counters get `_total`, histograms `_bucket`/`_sum`/`_count`.
+    suffixes = ("", "_total", "_bucket", "_sum", "_count")
+    unknown = {s for s in series if not any(s.removesuffix(x) in defined for x in suffixes if s.endswith(x))}
+    missing = {d for d in defined if not any(d + x in series for x in suffixes)}
+    assert not unknown and not missing, f"undefined: {unknown}, not on the dashboard: {missing}"

@@ -1,0 +1,344 @@
+"""The Ray Serve topology end to end: real Ray, real WebSockets, the official openai SDK, tiny checkpoints.
+
+Tests run in file order on one cluster (conftest): the upscale test needs moshi-sft at 1 replica, the
+capacity and downscale tests need it at its maximum of 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import ray
+import websockets
+from openai import AsyncOpenAI
+from ray import serve
+
+from deployments.model import UnknownSession
+from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
+from tests.fixtures.audio import speech_like, to_pcm16
+from tests.ray.conftest import APP, SFT_AUTOSCALING, SLOTS, Cluster
+
+CHUNK_S = FRAME_SAMPLES / SAMPLE_RATE
+
+
+@dataclass
+class LiveSession:
+    """One socket through the SDK: paced speech out (optional), every event in, with arrival times."""
+
+    conn: Any
+    session_id: str
+    events: list[tuple[float, Any]] = field(default_factory=list)
+    closed_at: float | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def of_type(self, kind: str) -> list[Any]:
+        return [e for _, e in self.events if e.type == kind]
+
+    def errors(self) -> list[Any]:
+        return self.of_type("error")
+
+    async def wait_for(self, predicate: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            for _, event in self.events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.events)
+            if self.closed.is_set():
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no matching event; got {[e.type for _, e in self.events][-20:]}")
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                event = await self.conn.recv()
+                self.events.append((time.monotonic(), event))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closed_at = time.monotonic()
+            self.closed.set()
+
+    async def _speak(self, seconds: float, seed: int) -> None:
+        pcm = speech_like(seconds, seed=seed)
+        step = FRAME_SAMPLES
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for start in range(0, len(pcm), step):
+                if self.closed.is_set():
+                    return
+                chunk = base64.b64encode(to_pcm16(pcm[start : start + step])).decode()
+                await self.conn.input_audio_buffer.append(audio=chunk)
+                await asyncio.sleep(CHUNK_S)
+
+
+@contextlib.asynccontextmanager
+async def live_session(
+    cluster: Cluster, model: str, speak_s: float = 0.0, seed: int = 0
+) -> AsyncIterator[LiveSession]:
+    client = AsyncOpenAI(api_key="sk-test", websocket_base_url=cluster.ws_base)
+    async with client.realtime.connect(model=model) as conn:
+        created = await asyncio.wait_for(conn.recv(), 15)
+        assert created.type == "session.created", created
+        # The SDK's GA session type has no `id` field; the server sends it (the ingress ledger's key).
+        wire: dict[str, Any] = created.to_dict()
+        session = LiveSession(conn, wire["session"]["id"])
+        session.tasks.append(asyncio.create_task(session._receive()))
+        if speak_s:
+            session.tasks.append(asyncio.create_task(session._speak(speak_s, seed)))
+        try:
+            yield session
+        finally:
+            for task in session.tasks:
+                task.cancel()
+            await asyncio.gather(*session.tasks, return_exceptions=True)
+
+
+async def ledger(cluster: Cluster) -> dict[str, dict[str, int]]:
+    return await asyncio.to_thread(cluster.session_replicas)
+
+
+async def wait_frames(
+    cluster: Cluster, sessions: list[LiveSession], at_least: dict[str, int], timeout: float
+) -> None:
+    """Until the ingress has received at least `at_least[sid]` (default 1) frames for each session."""
+    deadline = time.monotonic() + timeout
+    while True:
+        served = await ledger(cluster)
+        short = [
+            s.session_id
+            for s in sessions
+            if sum(served.get(s.session_id, {}).values()) < at_least.get(s.session_id, 1)
+        ]
+        if not short:
+            return
+        assert time.monotonic() < deadline, f"no frames for {short}"
+        await asyncio.sleep(0.25)
+
+
+def frames_of(served: dict[str, dict[str, int]], session: LiveSession) -> int:
+    return sum(served.get(session.session_id, {}).values())
+
+
+def test_healthz_and_models(cluster: Cluster) -> None:
+    assert httpx.get(f"{cluster.http_base}/healthz").status_code == 200
+    models = httpx.get(f"{cluster.http_base}/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["moshi-sft", "moshi-base"]
+
+
+async def test_upscale_never_moves_a_live_session(cluster: Cluster) -> None:
+    """Sessions beyond the target start a second replica; every session's frames come from one replica."""
+    assert cluster.running_replicas("moshi-sft") == 1
+    async with contextlib.AsyncExitStack() as stack:
+        first = [
+            await stack.enter_async_context(live_session(cluster, "moshi-sft", speak_s=60, seed=s))
+            for s in (1, 2)
+        ]
+        await wait_frames(cluster, first, {}, timeout=30)
+        # 2 ongoing sessions > target 1 per replica: Serve adds the second (and last) replica.
+        await asyncio.to_thread(cluster.wait_running, "moshi-sft", 2, 90)
+        before = await ledger(cluster)
+        later = [
+            await stack.enter_async_context(live_session(cluster, "moshi-sft", speak_s=60, seed=s))
+            for s in (3, 4)
+        ]
+        # The first sessions keep streaming across the upscale, the new ones stream too.
+        need = {s.session_id: frames_of(before, s) + 10 for s in first}
+        await wait_frames(cluster, first + later, need, timeout=30)
+        for session in first + later:
+            assert not session.errors(), session.errors()
+
+    served = await ledger(cluster)
+    replicas = {}
+    for session in first + later:
+        by_replica = served[session.session_id]
+        assert len(by_replica) == 1, f"{session.session_id} was served by {by_replica}"
+        replicas[session.session_id] = next(iter(by_replica))
+    assert len(set(replicas.values())) == 2, replicas
+    # The two later sessions went to the new replica: the old one was full.
+    assert replicas[later[0].session_id] == replicas[later[1].session_id] != replicas[first[0].session_id]
+
+
+async def test_concurrent_sessions_on_two_model_types_complete_a_response(cluster: Cluster) -> None:
+    async def converse(model: str, seed: int) -> None:
+        async with live_session(cluster, model, speak_s=30, seed=seed) as session:
+            done = await session.wait_for(lambda e: e.type == "response.done", timeout=60)
+            assert done.response.status == "completed"
+            audio = [
+                e for e in session.of_type("response.output_audio.delta") if e.response_id == done.response.id
+            ]
+            assert audio
+            assert not session.errors()
+
+    await asyncio.gather(converse("moshi-sft", 11), converse("moshi-sft", 12), converse("moshi-base", 13))
+
+
+async def test_full_at_max_replicas_rejects_at_once(cluster: Cluster) -> None:
+    await asyncio.to_thread(cluster.wait_running, "moshi-sft", 2, 60)
+    async with contextlib.AsyncExitStack() as stack:
+        holders = [
+            await stack.enter_async_context(live_session(cluster, "moshi-sft")) for _ in range(2 * SLOTS)
+        ]
+        assert all(not s.errors() for s in holders)
+        url = f"{cluster.ws_base}/realtime?model=moshi-sft"
+        started = time.monotonic()
+        async with websockets.connect(url) as ws:
+            event = await asyncio.wait_for(ws.recv(), 10)
+            rejected_after = time.monotonic() - started
+            assert '"server_at_capacity"' in str(event), event
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1013
+        print(f"rejected after {rejected_after:.2f} s")
+        assert rejected_after < 3.0
+    # Capacity comes back as soon as the holders leave.
+    async with live_session(cluster, "moshi-sft") as session:
+        assert not session.errors()
+
+
+async def test_downscale_lets_live_sessions_finish(cluster: Cluster) -> None:
+    """A replica chosen for downscale takes no new sessions but keeps serving its live ones until they end."""
+    await asyncio.to_thread(cluster.wait_running, "moshi-sft", 2, 60)
+    async with contextlib.AsyncExitStack() as stack:
+        # One live session on each replica: with 2 slots a replica, the third session lands on the
+        # other replica at the latest; a surplus session leaves again.
+        sessions: list[LiveSession] = []
+        replica_of: dict[str, str] = {}
+        for seed in (40, 41, 42):
+            leave = contextlib.AsyncExitStack()
+            session = await leave.enter_async_context(
+                live_session(cluster, "moshi-sft", speak_s=60, seed=seed)
+            )
+            await wait_frames(cluster, [session], {}, timeout=30)
+            replica = next(iter((await ledger(cluster))[session.session_id]))
+            if replica in replica_of.values():
+                await leave.aclose()
+                continue
+            stack.push_async_exit(leave)
+            sessions.append(session)
+            replica_of[session.session_id] = replica
+            if len(sessions) == 2:
+                break
+        assert len(sessions) == 2, replica_of
+
+        # 2 sessions at a target of 2 per replica: the autoscaler wants 1 replica and drains the other.
+        autoscaling = {**SFT_AUTOSCALING, "target_ongoing_requests": 2, "downscale_delay_s": 0.5}
+        await asyncio.to_thread(
+            cluster.redeploy, {"autoscaling_config": autoscaling, "graceful_shutdown_timeout_s": 120}
+        )
+        await asyncio.to_thread(cluster.wait_replicas, "moshi-sft", 1, 60, "STOPPING")
+
+        # Both sessions go on, including the one on the draining replica, which waits for it.
+        before = await ledger(cluster)
+        await wait_frames(cluster, sessions, {s.session_id: frames_of(before, s) + 30 for s in sessions}, 30)
+        assert cluster.replicas("moshi-sft", "STOPPING") == 1
+        assert all(not s.errors() and not s.closed.is_set() for s in sessions)
+
+    # Once its last session has left, the draining replica goes away (well before the 120 s grace).
+    await asyncio.to_thread(cluster.wait_replicas, "moshi-sft", 0, 20, "STOPPING")
+    assert cluster.running_replicas("moshi-sft") == 1
+    served = await ledger(cluster)
+    for session in sessions:
+        assert list(served[session.session_id]) == [replica_of[session.session_id]]
+
+
+async def test_killed_replica_loses_only_its_sessions(cluster: Cluster) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(live_session(cluster, "moshi-base", speak_s=60, seed=20 + i))
+            for i in range(3)
+        ]
+        await wait_frames(cluster, sessions, {}, timeout=30)
+        served = await ledger(cluster)
+        replica_of = {s.session_id: next(iter(served[s.session_id])) for s in sessions}
+        # The fuller replica dies, so the survivor still has a free slot for a new session.
+        victim = max(set(replica_of.values()), key=list(replica_of.values()).count)
+        lost = [s for s in sessions if replica_of[s.session_id] == victim]
+        kept = [s for s in sessions if replica_of[s.session_id] != victim]
+        assert lost and kept, replica_of
+
+        actor = ray.get_actor(f"SERVE_REPLICA::{APP}#moshi-base#{victim}", namespace="serve")
+        killed_at = time.monotonic()
+        ray.kill(actor, no_restart=True)
+
+        for session in lost:
+            error = await session.wait_for(lambda e: e.type == "error", timeout=10)
+            error_at = next(t for t, e in session.events if e is error)
+            assert error.error.code == "session_lost"
+            await asyncio.wait_for(session.closed.wait(), 5)
+            assert session.closed_at is not None
+            lost_s, closed_s = error_at - killed_at, session.closed_at - killed_at
+            print(f"session_lost after {lost_s:.2f} s, closed after {closed_s:.2f} s")
+            assert lost_s < 2.0
+            assert closed_s < 3.0
+
+        # The others go on, on their own replica.
+        before = await ledger(cluster)
+        await wait_frames(cluster, kept, {s.session_id: frames_of(before, s) + 10 for s in kept}, timeout=30)
+        assert all(not s.errors() and not s.closed.is_set() for s in kept)
+
+        # And a new session is admitted (on the survivor, or on Serve's replacement replica).
+        fresh = await stack.enter_async_context(live_session(cluster, "moshi-base", speak_s=30, seed=30))
+        await wait_frames(cluster, [fresh], {}, timeout=30)
+        assert not fresh.errors()
+
+    served = await ledger(cluster)
+    for session in sessions:
+        assert list(served[session.session_id]) == [replica_of[session.session_id]]
+
+
+def test_model_replica_refuses_input_for_unknown_sessions(cluster: Cluster) -> None:
+    """Audio for a session a replica does not hold is an error, never fed to some other slot."""
+    handle = serve.get_deployment_handle("moshi-base", APP)
+    with pytest.raises(UnknownSession):
+        handle.push.remote("sess_not_here", np.zeros(FRAME_SAMPLES, np.float32)).result(timeout_s=30)
+
+
+def _samples(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name)]
+
+
+def test_metrics_are_exported(cluster: Cluster) -> None:
+    expected = {
+        "ray_moshi_realtime_active_sessions": None,
+        "ray_moshi_realtime_slots_used": None,
+        "ray_moshi_realtime_slots_total": None,
+        "ray_moshi_realtime_tick_duration_seconds_bucket": None,
+        "ray_moshi_realtime_late_ticks_total": None,
+        "ray_moshi_realtime_missed_frames_total": None,
+        "ray_moshi_realtime_time_to_first_audio_seconds_bucket": None,
+        "ray_moshi_realtime_sessions_started_total": None,
+        "ray_moshi_realtime_sessions": None,
+        "ray_moshi_realtime_replica_sessions_total": None,
+        "ray_moshi_realtime_sessions_rejected_total": 'code="server_at_capacity"',
+        "ray_moshi_realtime_errors_total": 'code="session_lost"',
+    }
+    deadline = time.monotonic() + 30
+    missing: list[str] = list(expected)
+    while missing and time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=10).text
+        missing = [
+            name
+            for name, must in expected.items()
+            if not any((must or "") in line for line in _samples(text, name))
+        ]
+        if missing:
+            time.sleep(1)
+    assert not missing, f"not exported: {missing}"
+    slots_total = [
+        ln for ln in _samples(text, "ray_moshi_realtime_slots_total") if 'model="moshi-base"' in ln
+    ]
+    assert slots_total and all(float(ln.rsplit(" ", 1)[1]) == SLOTS for ln in slots_total)
+    assert re.search(r'ray_moshi_realtime_tick_duration_seconds_count\{[^}]*model="moshi-sft"', text)
