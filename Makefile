@@ -36,7 +36,7 @@ lint: install
 	$(VENV)/bin/ruff format --check serve_app deployments tests
 
 typecheck: install
-	$(VENV)/bin/mypy serve_app
+	$(VENV)/bin/mypy serve_app deployments
 
 unit: install
 	$(PY) -m pytest -q
@@ -45,6 +45,7 @@ test: lint typecheck unit
 
 bench: install
 	$(PY) -m serve_app.bench.engine_bench
+	$(PY) -m serve_app.bench.service_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -57,16 +57,9 @@ class ModelReplica:
         logger.info("model replica ready (%d slots)", self._runner.slots_total, extra=self._log)
 
     def _start_runner(self) -> ClockedRunner:
-        from serve_app.engine.batch import BatchedEngine
-        from serve_app.engine.loader import load_model
-        from serve_app.engine.runner import ClockedRunner
+        from serve_app.server.local_gateway import start_runner
 
-        loaded = load_model(self._config.spec)
-        engine = BatchedEngine(loaded, slots=self._config.slots, sampling=self._config.sampling)
-        engine.warmup()
-        runner = ClockedRunner(engine, on_tick=self._ticks.append)
-        runner.start()
-        return runner
+        return start_runner(self._config, on_tick=self._ticks.append)
 
     async def session_stream(self, session_id: str, inbox: Any) -> AsyncIterator[Admission | ServedFrame]:
         """Admit the session into a free slot and stream its output frames until it ends.

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, ModelConfig
 from serve_app.engine.batch import BatchedEngine, NoFreeSlot
 from serve_app.engine.loader import load_model
 from serve_app.engine.port import EngineFrame
-from serve_app.engine.runner import ClockedRunner
-from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.engine.runner import ClockedRunner, TickStats
 from serve_app.server.gateway import ModelNotFound, NoCapacity, SessionLost, SlotStream
 
 logger = logging.getLogger(__name__)
@@ -102,15 +101,15 @@ class LocalGateway:
             runner.stop()
 
 
-def start_runner(model_id: str, spec: ModelSpec, slots: int, sampling: SamplingParams) -> ClockedRunner:
+def start_runner(model: ModelConfig, on_tick: Callable[[TickStats], None] | None = None) -> ClockedRunner:
     """Load, warm up and start one model's runner (blocking: seconds on CPU, minutes for 7B on GPU)."""
-    engine = BatchedEngine(load_model(spec), slots=slots, sampling=sampling)
+    engine = BatchedEngine(load_model(model.spec), slots=model.slots, sampling=model.sampling)
     engine.warmup()
-    runner = ClockedRunner(engine)
+    runner = ClockedRunner(engine, on_tick=on_tick)
     runner.start()
-    logger.info("model ready", extra={"model": model_id, "slots": slots})
+    logger.info("model ready", extra={"model": model.id, "slots": model.slots})
     return runner
 
 
 def build_local_gateway(config: AppConfig) -> LocalGateway:
-    return LocalGateway({m.id: start_runner(m.id, m.spec, m.slots, m.sampling) for m in config.models})
+    return LocalGateway({m.id: start_runner(m) for m in config.models})
