@@ -78,11 +78,7 @@ class BatchedEngine:
         self._tick_lock = threading.Lock()  # model streaming state: one tick at a time
         self._lm_gen = LMGen(
             model.lm,
-            use_sampling=sampling.use_sampling,
-            temp=sampling.temp,
-            temp_text=sampling.temp_text,
-            top_k=sampling.top_k,
-            top_k_text=sampling.top_k_text,
+            **sampling.lm_gen_kwargs(),
             support_out_of_sync=True,  # otherwise one slot's reset blanks a step for every slot
         )
         lm = model.lm

@@ -27,11 +27,7 @@ class SingleStream:
         self._model = model
         self._lm_gen = LMGen(
             model.lm,
-            use_sampling=sampling.use_sampling,
-            temp=sampling.temp,
-            temp_text=sampling.temp_text,
-            top_k=sampling.top_k,
-            top_k_text=sampling.top_k_text,
+            **sampling.lm_gen_kwargs(),
         )
         self._streams = ExitStack()
         with torch.no_grad():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -19,6 +19,10 @@ class SamplingParams(BaseModel):
     top_k: int = 250
     top_k_text: int = 25
     seed: int = 42424242
+
+    def lm_gen_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments `moshi.models.LMGen` takes for these knobs (the seed is applied apart)."""
+        return self.model_dump(exclude={"seed"})
 
 
 class ModelSpec(BaseModel):
