@@ -40,6 +40,11 @@ ERRORS: Final = MappingProxyType(
             "Error committing input audio buffer: buffer too small. Expected at least {min_ms}ms of audio, "
             "but buffer only has {buffered_ms:.2f}ms of audio.",
         ),
+        "input_audio_backlog_full": ErrorSpec(
+            CLIENT_ERROR,
+            "Input audio is arriving faster than real time: {backlog_ms}ms are already waiting for the "
+            "model (limit {limit_ms}ms). This chunk was not accepted; send audio at real-time pace.",
+        ),
         "response_cancel_not_active": ErrorSpec(
             CLIENT_ERROR, "Cancellation failed: no active response found"
         ),

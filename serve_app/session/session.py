@@ -77,6 +77,9 @@ class RealtimeSession:
         )
         self._outbox = Outbox(dialect)
         self._engine_audio: list[npt.NDArray[np.float32]] = []
+        # Input forwarded to Moshi vs frames it has stepped: the difference is the backlog it still owes.
+        self._forwarded_samples = 0
+        self._frames_received = 0
         self._transcriptions: list[TranscriptionRequest] = []
         self._decoder = AudioDecoder(self._config.input_format)
         self._buffer = InputBuffer(max_ms=settings.max_input_buffer_ms)
@@ -172,6 +175,7 @@ class RealtimeSession:
         require("receive an engine frame", self._state, SessionState.OPEN)
         if len(frame.pcm) != FRAME_SAMPLES:
             raise ValueError(f"an engine frame has {FRAME_SAMPLES} samples, got {len(frame.pcm)}")
+        self._frames_received += 1
         if self._response is not None:
             self._response.fresh = True
         if self._utterance is None:
@@ -342,7 +346,17 @@ class RealtimeSession:
             raise ClientError("invalid_audio", param="audio", detail=str(exc)) from None
         if len(pcm) == 0:
             return
+        backlog = self._forwarded_samples - self._frames_received * FRAME_SAMPLES
+        limit = self.settings.max_input_backlog_ms * SAMPLE_RATE // 1000
+        if backlog + len(pcm) > limit:
+            raise ClientError(
+                "input_audio_backlog_full",
+                param="audio",
+                backlog_ms=backlog * 1000 // SAMPLE_RATE,
+                limit_ms=self.settings.max_input_backlog_ms,
+            )
         # Moshi always listens: the audio goes to the model now, whatever later happens to the buffer.
+        self._forwarded_samples += len(pcm)
         self._engine_audio.append(pcm)
         self._buffer.append(pcm)
         self._input_samples += len(pcm)

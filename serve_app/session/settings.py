@@ -33,6 +33,11 @@ class SessionSettings(BaseModel):
     """Uncommitted input audio kept for a later commit (Moshi hears all of it regardless); a client that
     streams without committing would otherwise grow it forever. 2 min of PCM16 is 5.8 MB."""
 
+    max_input_backlog_ms: int = Field(default=60_000, ge=FRAME_MS)
+    """Input audio forwarded to Moshi but not yet stepped. Moshi consumes 80 ms of input per 80 ms, so a
+    client sending faster than real time builds a backlog; past this, appends are refused with
+    `input_audio_backlog_full` rather than queued without bound (60 s of float32 at 24 kHz is 5.8 MB)."""
+
     retained_audio_ms: int = Field(default=120_000, ge=0)
     """Audio kept on items for `conversation.item.retrieve`; the oldest items lose theirs first."""
 

@@ -1102,3 +1102,17 @@ def test_an_illegal_transition_caused_by_a_client_event_becomes_one_error(h: Har
     error = only_error(h.send({"type": "input_audio_buffer.clear", "event_id": "s1"}))
     assert error["code"] == "invalid_state" and error["event_id"] == "s1"
     assert error["message"] == "clear the buffer: expected state 'open', but it is 'closed'."
+
+
+def test_input_faster_than_real_time_is_refused_past_the_backlog(dialect: Dialect) -> None:
+    h = Harness(dialect, FAST.model_copy(update={"max_input_backlog_ms": 400}))  # 5 frames
+    assert h.append(4 * FRAME_SAMPLES) == []
+    error = only_error(
+        h.send({"type": "input_audio_buffer.append", "event_id": "a9", "audio": b64_pcm16(3840)})
+    )
+    assert error["code"] == "input_audio_backlog_full" and error["event_id"] == "a9"
+    assert "320ms are already waiting" in error["message"]
+    assert len(h.session.audio_for_engine()) == 1  # the refused chunk never reached Moshi
+    h.frames(2, speaking=False)  # Moshi stepped two frames: room for two more
+    assert h.append(2 * FRAME_SAMPLES) == []
+    assert only_error(h.append(FRAME_SAMPLES + 1))["code"] == "input_audio_backlog_full"
