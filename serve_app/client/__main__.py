@@ -1,0 +1,3 @@
+from serve_app.client.cli import main
+
+raise SystemExit(main())
