@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -51,6 +50,7 @@ from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.loader import load_model
 from serve_app.engine.runner import ClockedRunner
 from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.protocol.codecs import encode_base64, float_to_pcm16, pcm16_to_bytes
 from serve_app.server.local_gateway import RunnerSlotStream
 
 logger = logging.getLogger("service_bench")
@@ -206,12 +206,8 @@ async def service_sessions(url: str, n: int, seconds: float, probes: bool) -> li
                         logger.warning("server error: %s", event["error"])
 
             async def send(pcm: np.ndarray) -> None:
-                pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
-                await ws.send(
-                    json.dumps(
-                        {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm16).decode()}
-                    )
-                )
+                audio = encode_base64(pcm16_to_bytes(float_to_pcm16(pcm)))
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
 
             reader = asyncio.create_task(consume())
             try:

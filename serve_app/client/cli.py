@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import sys
 import wave
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from serve_app.constants import BYTES_PER_SAMPLE_PCM16, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.protocol.codecs import decode_base64, encode_base64
 
 _AUDIO_DELTA = {"response.output_audio.delta", "response.audio.delta"}
 _TRANSCRIPT_DELTA = {"response.output_audio_transcript.delta", "response.audio_transcript.delta"}
@@ -79,7 +79,7 @@ async def converse(
             audio = pcm + silence
             for start in range(0, len(audio), chunk):
                 piece = audio[start : start + chunk]
-                await conn.input_audio_buffer.append(audio=base64.b64encode(piece).decode())
+                await conn.input_audio_buffer.append(audio=encode_base64(piece))
                 sent = start
                 await asyncio.sleep(FRAME_MS / 1000)
             await asyncio.sleep(0.5)
@@ -89,7 +89,7 @@ async def converse(
         try:
             async for event in conn:
                 if event.type in _AUDIO_DELTA:
-                    result.place(base64.b64decode(event.delta), sent)
+                    result.place(decode_base64(event.delta), sent)
                 elif event.type in _TRANSCRIPT_DELTA:
                     result.transcript.append(event.delta)
                     print(event.delta, end="", flush=True)
@@ -123,5 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(converse(args.url, args.model, pcm, api_key=args.api_key, beta=args.beta))
     if args.output is not None:
         write_pcm16(args.output, bytes(result.audio))
-    print(f"{result.responses} response(s), {len(result.audio) / (2 * SAMPLE_RATE):.1f} s of audio")
+    seconds = len(result.audio) / (BYTES_PER_SAMPLE_PCM16 * SAMPLE_RATE)
+    print(f"{result.responses} response(s), {seconds:.1f} s of audio")
     return 1 if result.errors else 0

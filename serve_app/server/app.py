@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,13 +22,13 @@ from serve_app.config import AppConfig
 from serve_app.protocol.dialect import api_key_from_handshake, detect_dialect, select_subprotocol
 from serve_app.server.gateway import GatewayError, ModelGateway, SlotStream
 from serve_app.server.observer import NullObserver, SessionObserver
+from serve_app.session.outbox import OutgoingEvent
 from serve_app.session.session import RealtimeSession
 
 logger = logging.getLogger(__name__)
 
 # WebSocket close codes: 1008 policy (auth), 1011 server error (lost replica), 1013 try again later (full).
 _CLOSE_FOR_CODE = {"invalid_api_key": 1008, "model_not_found": 1008, "server_at_capacity": 1013}
-_AUDIO_DELTA_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 
 
 def build_realtime_app(
@@ -82,7 +80,7 @@ class _RealtimeConnection:
             dialect=detect_dialect(headers, self.subprotocols, config.server.dialect),
             settings=config.session,
         )
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[OutgoingEvent | None] = asyncio.Queue()
         self.stream: SlotStream | None = None
         self.first_input_at: float | None = None
         self.first_audio_seen = False
@@ -162,20 +160,22 @@ class _RealtimeConnection:
 
     def _flush(self) -> None:
         # Draining synchronously into one queue keeps the session's event order on the wire.
-        for text in self.session.data_to_send():
-            self.outbox.put_nowait(text)
+        for event in self.session.events_to_send():
+            self.outbox.put_nowait(event)
 
     async def _write(self) -> None:
-        while (text := await self.outbox.get()) is not None:
-            self._observe(text)
-            await self.ws.send_text(text)
+        while (event := await self.outbox.get()) is not None:
+            self._observe(event)
+            await self.ws.send_text(event.text)
 
-    def _observe(self, text: str) -> None:
-        event: dict[str, Any] = json.loads(text)
-        kind = event.get("type")
-        if kind == "error":
-            self.obs.error_sent(self.model_id, str(event.get("error", {}).get("code")))
-        elif kind in _AUDIO_DELTA_TYPES and not self.first_audio_seen and self.first_input_at is not None:
+    def _observe(self, event: OutgoingEvent) -> None:
+        if event.error_code is not None:
+            self.obs.error_sent(self.model_id, event.error_code)
+        elif (
+            event.kind == "response.output_audio.delta"
+            and not self.first_audio_seen
+            and self.first_input_at is not None
+        ):
             self.first_audio_seen = True
             self.obs.first_audio(self.model_id, time.monotonic() - self.first_input_at)
 

@@ -3,6 +3,7 @@ validation against the SDK type, then waits as a JSON text frame for `data_to_se
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from serve_app.protocol.dialect import Dialect
@@ -10,16 +11,32 @@ from serve_app.protocol.ids import new_event_id
 from serve_app.protocol.server_events import serialize_server_event, wire_type
 
 
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    """One queued server event: its JSON text frame plus what a socket shell may want to count."""
+
+    text: str
+    kind: str
+    """The GA type name, whatever the dialect (`response.output_audio.delta`, `error`, ...)."""
+    error_code: str | None = None
+
+
 class Outbox:
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
-        self._frames: list[str] = []
+        self._events: list[OutgoingEvent] = []
 
     def emit(self, payload: dict[str, Any]) -> None:
         """Queue one event, given by its GA type name (renamed here for beta)."""
         event = {**payload, "type": wire_type(self._dialect, payload["type"]), "event_id": new_event_id()}
-        self._frames.append(serialize_server_event(self._dialect, event))
+        error = payload.get("error")
+        code = error.get("code") if payload["type"] == "error" and isinstance(error, dict) else None
+        text = serialize_server_event(self._dialect, event)
+        self._events.append(OutgoingEvent(text, payload["type"], code))
+
+    def drain_events(self) -> list[OutgoingEvent]:
+        events, self._events = self._events, []
+        return events
 
     def drain(self) -> list[str]:
-        frames, self._frames = self._frames, []
-        return frames
+        return [event.text for event in self.drain_events()]

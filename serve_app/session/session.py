@@ -32,7 +32,7 @@ from serve_app.session.config import SessionConfig
 from serve_app.session.config_wire import apply_session_update, format_from_ga, session_object
 from serve_app.session.conversation import AssistantItem, ClientItem, Conversation, Item, UserAudioItem
 from serve_app.session.input_buffer import InputBuffer
-from serve_app.session.outbox import Outbox
+from serve_app.session.outbox import Outbox, OutgoingEvent
 from serve_app.session.response import FinalStatus, Reason, Response, ResponseOptions
 from serve_app.session.settings import SessionSettings
 from serve_app.session.state import ResponseState, SessionState, StateError, require
@@ -246,6 +246,10 @@ class RealtimeSession:
     def data_to_send(self) -> list[str]:
         """JSON text frames in order, one event each; drains."""
         return self._outbox.drain()
+
+    def events_to_send(self) -> list[OutgoingEvent]:
+        """The same frames as `data_to_send`, each with its GA type and error code; drains."""
+        return self._outbox.drain_events()
 
     def audio_for_engine(self) -> list[npt.NDArray[np.float32]]:
         """Decoded input PCM (24 kHz mono float32) for the model slot; drains."""

@@ -8,7 +8,6 @@ in a test). Tiny checkpoints, no GPU.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.run import deploy, wait_healthy
+from tests.fixtures.net import free_port
 
 APP = "realtime-test"
 SLOTS = 2
@@ -28,12 +28,6 @@ SLOTS = 2
 # Autoscaling reacts in about a second instead of tens (pushed to every Ray worker via the raylet env).
 os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 SFT_AUTOSCALING = {

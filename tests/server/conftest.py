@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,12 +15,7 @@ from serve_app.engine.spec import ModelSpec
 from serve_app.server.app import build_realtime_app
 from serve_app.server.local_gateway import LocalGateway, build_local_gateway
 from serve_app.session.settings import SessionSettings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.fixtures.net import free_port
 
 
 @dataclass

@@ -36,3 +36,16 @@ def test_invalid_events_never_reach_the_queue() -> None:
     with pytest.raises(ServerEventInvalid):
         outbox.emit({**DELTA, "output_index": None})
     assert outbox.drain() == []
+
+
+@pytest.mark.parametrize("dialect", [Dialect.GA, Dialect.BETA])
+def test_events_carry_their_ga_kind_and_error_code(dialect: Dialect) -> None:
+    outbox = Outbox(dialect)
+    outbox.emit(DELTA)
+    error_body = {"type": "invalid_request_error", "code": "x_code", "message": "m"}
+    outbox.emit({"type": "error", "error": error_body})
+    delta, error = outbox.drain_events()
+    assert (delta.kind, delta.error_code) == ("response.output_audio.delta", None)
+    assert (error.kind, error.error_code) == ("error", "x_code")
+    assert json.loads(error.text)["error"]["code"] == "x_code"
+    assert outbox.drain_events() == []
