@@ -1,7 +1,7 @@
 """Ingress deployment: the realtime Starlette app, one WebSocket session per socket, Ray-backed gateway.
 
 The socket shell (serve_app.server.app) and the session core know nothing of Ray; this class only wires
-the RayGateway, a per-replica inbox actor and the metrics observer into them.
+the RayGateway (lease calls + frame channels) and the metrics observer into them.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
-from deployments.inbox import start_inbox
 from deployments.metrics import IngressMetrics
 from deployments.ray_gateway import DEFAULT_ADMISSION_TIMEOUT_S, RayGateway
 from serve_app.config import AppConfig
@@ -25,7 +25,8 @@ class RealtimeIngress:
     def __init__(self, config: dict[str, Any], models: Mapping[str, DeploymentHandle[Any]]) -> None:
         self._config = AppConfig.model_validate(config)
         self._app_name = serve.get_replica_context().app_name
-        self._gateway = RayGateway(models, start_inbox(), deployment_status=self._running_models)
+        node_id = ray.get_runtime_context().get_node_id()
+        self._gateway = RayGateway(models, node_id, deployment_status=self._running_models)
         self._metrics = IngressMetrics(self._gateway.model_ids())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
+    from serve_app.engine.capacity import CapacityReport
     from serve_app.engine.runner import TickStats
 
 PREFIX = "moshi_realtime_"
@@ -62,7 +63,19 @@ class ModelMetrics:
             "Sessions routed here that found no free slot.",
             tag_keys=(MODEL_TAG,),
         )
+        self.capacity = Gauge(
+            PREFIX + "capacity_sessions",
+            "Sessions this replica expects to hold in real time, judged from its recent ticks.",
+            tag_keys=(MODEL_TAG,),
+        )
+        self.admitting = Gauge(
+            PREFIX + "admitting",
+            "1 while the replica takes new sessions, 0 when full.",
+            tag_keys=(MODEL_TAG,),
+        )
         for metric in (
+            self.capacity,
+            self.admitting,
             self.active_sessions,
             self.slots_used,
             self.slots_total,
@@ -87,6 +100,10 @@ class ModelMetrics:
             self.late_ticks.inc(late)
         if missed:
             self.missed_frames.inc(missed)
+
+    def record_capacity(self, report: CapacityReport) -> None:
+        self.capacity.set(report.capacity)
+        self.admitting.set(int(report.admitting))
 
     def record_slots(self, used: int, total: int, sessions: int) -> None:
         self.slots_used.set(used)

@@ -1,32 +1,37 @@
-"""What travels on a session's stream from a model replica to the ingress (no torch, no Ray here).
+"""What a session's lease call yields from a model replica to the ingress (no torch here).
 
-The first item is always an `Admission`; every later item is a `ServedFrame` stamped with the replica
-that produced it, so the ingress can prove (and tests can check) that one replica served the session.
+The first item is always an `Admission`; once the lease is over the call yields a `LeaseEnd` and
+finishes. The audio and frames travel on the frame channel (serve_app/transport), not on this call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serve_app.engine.port import EngineFrame
+from serve_app.engine.capacity import CapacityReport
+from serve_app.transport.address import ChannelAddress
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """The replica's verdict on a new session: `slot` is None when it had no free slot."""
+    """The replica's verdict on a new session: `slot` is None when it had no room for it."""
 
     replica_id: str
     """Serve's unique id of the replica (stable for the replica's life)."""
     actor_name: str
     """The replica's Ray actor name, for operators (`ray.get_actor(name, namespace="serve")`)."""
     slot: int | None
+    lease_id: int = 0
+    channel: ChannelAddress | None = None
+    capacity: CapacityReport | None = None
+    refusal: str = ""
+    """Why the session was refused (for logs)."""
 
     @property
     def admitted(self) -> bool:
-        return self.slot is not None
+        return self.slot is not None and self.channel is not None
 
 
 @dataclass(frozen=True, slots=True)
-class ServedFrame:
-    replica_id: str
-    frame: EngineFrame
+class LeaseEnd:
+    reason: str

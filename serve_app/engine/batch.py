@@ -1,13 +1,14 @@
 """B independent Moshi sessions in lockstep: one Mimi encode, one LMGen step, one Mimi decode per tick.
 
-Follows the verified recipe of notes/moshi.md §5: per-slot reset masks, exec masks for slots without a frame
-(paused, never fed invented silence), -2 placeholder rows clamped before decode.
+Follows the verified recipe of docs/ENGINE_FACTS.md ("The tick"): per-slot reset masks, exec masks for slots
+without a frame (paused, never fed invented silence), -2 placeholder rows clamped before decode.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -18,19 +19,20 @@ import numpy.typing as npt
 import torch
 from moshi.models.lm import LMGen
 
-from serve_app.constants import FRAME_SAMPLES
+from serve_app.constants import FRAME_MS, FRAME_SAMPLES
+from serve_app.engine.errors import NoFreeSlot
 from serve_app.engine.loader import LoadedModel
 from serve_app.engine.port import EngineFrame
 from serve_app.engine.spec import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["BatchedEngine", "NoFreeSlot", "text_pieces"]
+
+_PERIOD_S = FRAME_MS / 1000
+
 WARMUP_TICKS = 5
 """Enough for CUDAGraphed (1 eager call, then capture) to have captured encode, step and decode."""
-
-
-class NoFreeSlot(Exception):
-    """Every slot of this engine is taken."""
 
 
 @dataclass
@@ -41,7 +43,16 @@ class _Slot:
     starting: bool = False
     """The session's first frame is still to come: reset its rows on the tick that steps it."""
     frames: deque[npt.NDArray[np.float32]] = field(default_factory=deque)
+    due: deque[float] = field(default_factory=deque)
+    """When each queued frame is due on the real-time schedule (monotonic s), parallel to `frames`."""
+    last_due: float = float("-inf")
     partial: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def clear(self) -> None:
+        self.frames.clear()
+        self.due.clear()
+        self.last_due = float("-inf")
+        self.partial = np.zeros(0, np.float32)
 
 
 def text_pieces(tokenizer: Any, size: int, silent_ids: set[int]) -> list[str | None]:
@@ -125,8 +136,7 @@ class BatchedEngine:
                 if not slot.open:
                     slot.open, slot.starting = True, True
                     slot.generation += 1
-                    slot.frames.clear()
-                    slot.partial = np.zeros(0, np.float32)
+                    slot.clear()
                     return index
         raise NoFreeSlot(f"all {len(self._slots)} slots are in use")
 
@@ -135,11 +145,16 @@ class BatchedEngine:
         with self._lock:
             state = self._slot(slot)
             state.open = False
-            state.frames.clear()
-            state.partial = np.zeros(0, np.float32)
+            state.clear()
 
-    def push(self, slot: int, pcm: npt.NDArray[np.float32]) -> None:
-        """Queue 24 kHz mono audio of any length; it is cut into 1920-sample frames for the ticks."""
+    def push(self, slot: int, pcm: npt.NDArray[np.float32], now: float | None = None) -> int:
+        """Queue 24 kHz mono audio of any length; it is cut into 1920-sample frames for the ticks.
+
+        Returns the number of whole frames queued. Each frame is due on the session's real-time schedule:
+        when it arrived, but never sooner than one frame period after the previous one (a client sending
+        ahead of real time is not late when its frames wait).
+        """
+        arrived = time.monotonic() if now is None else now
         samples = np.asarray(pcm, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected mono audio of shape [n], got {samples.shape}")
@@ -151,11 +166,20 @@ class BatchedEngine:
             whole = data.size - data.size % FRAME_SAMPLES
             for start in range(0, whole, FRAME_SAMPLES):
                 state.frames.append(data[start : start + FRAME_SAMPLES].copy())
+                state.last_due = max(arrived, state.last_due + _PERIOD_S)
+                state.due.append(state.last_due)
             state.partial = data[whole:].copy()
+            return whole // FRAME_SAMPLES
 
     def queued_frames(self, slot: int) -> int:
         with self._lock:
             return len(self._slot(slot).frames)
+
+    def lateness(self, now: float | None = None) -> dict[int, float]:
+        """Per open slot with queued input: how far its oldest frame is past its due time (s, ≥ 0 late)."""
+        at = time.monotonic() if now is None else now
+        with self._lock:
+            return {i: at - s.due[0] for i, s in enumerate(self._slots) if s.open and s.due}
 
     def _slot(self, slot: int) -> _Slot:
         if not 0 <= slot < len(self._slots):
@@ -176,6 +200,7 @@ class BatchedEngine:
                 for index, slot in enumerate(self._slots):
                     if slot.open and slot.frames:
                         self._audio[index, 0] = slot.frames.popleft()
+                        slot.due.popleft()
                         active[index], starting[index] = True, slot.starting
                         slot.starting = False
                         generations[index] = slot.generation
@@ -200,7 +225,10 @@ class BatchedEngine:
     def _step(
         self, active_np: npt.NDArray[np.bool_], starting_np: npt.NDArray[np.bool_]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32] | None]:
-        """notes/moshi.md §5, steps 1-5. Returns tokens [B, 1+dep_q] (-2 where not generated), pcm [B, N]."""
+        """docs/ENGINE_FACTS.md "The tick", steps 1-5.
+
+        Returns tokens [B, 1+dep_q] (-2 where not generated), pcm [B, N].
+        """
         mimi, lm_gen, device = self._model.mimi, self._lm_gen, self._model.device
         any_start = bool(starting_np.any())
         with torch.no_grad():

@@ -1,6 +1,9 @@
 """The clock of a model replica: a plain thread ticking the batched engine every 80 ms while a slot is open.
 
 The model step never runs on an asyncio loop; callbacks are invoked from this thread and must hand off fast.
+The clock also keeps the replica honest about real time: it catches up on input that is overdue (after a
+stall) while ticks leave room, refuses sessions its recent ticks cannot fit (`TickBudget`), and ends a
+session whose input has waited past the lag limit instead of answering it seconds late.
 """
 
 from __future__ import annotations
@@ -17,12 +20,24 @@ import numpy.typing as npt
 
 from serve_app.constants import FRAME_MS
 from serve_app.engine.batch import BatchedEngine
+from serve_app.engine.capacity import CapacityReport, TickBudget
+from serve_app.engine.errors import FellBehind, TickBudgetFull, TickFailed
 from serve_app.engine.port import EngineFrame
 
 logger = logging.getLogger(__name__)
 
 FrameCallback = Callable[[EngineFrame], None]
 ErrorCallback = Callable[[BaseException], None]
+
+DEFAULT_MAX_LAG_S = 1.0
+"""A session whose oldest input frame is this far past due is ended (`FellBehind`)."""
+SHED_GRACE_S = 1.0
+"""How long a session past the lag limit may take to start catching up before it is ended."""
+SHED_INTERVAL_S = 0.5
+"""At most one session is ended for lag per interval: ending one frees time for the rest to recover."""
+CATCH_UP_FRACTION = 0.6
+"""Overdue input is caught up with back-to-back ticks only while a tick takes less than this share of
+the period, so catching up never starves the schedule it is catching up with."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +81,17 @@ class ClockedRunner:
         period_s: float = FRAME_MS / 1000,
         on_tick: Callable[[TickStats], None] | None = None,
         history: int = 1000,
+        max_lag_s: float | None = DEFAULT_MAX_LAG_S,
+        budget: TickBudget | None = None,
     ) -> None:
         self._engine = engine
         self._period = period_s
-        self._on_tick = on_tick
+        self._tick_listeners: list[Callable[[TickStats], None]] = [on_tick] if on_tick else []
+        self._max_lag_s = max_lag_s
+        self._last_shed = float("-inf")
+        self._over_limit: dict[int, tuple[float, float]] = {}
+        """slot → (when its lag first exceeded the limit, the lag then); runner thread only."""
+        self.budget = budget or TickBudget(engine.slots_total, period_s=period_s)
         # Guards the registrations; held while dispatching so no callback runs after close_slot returns
         # (reentrant: a callback may close its own slot).
         self._lock = threading.RLock()
@@ -103,6 +125,11 @@ class ClockedRunner:
             self._thread = None
 
     @property
+    def native_thread_id(self) -> int | None:
+        """The OS id of the clock thread (its CPU time is the engine's; benchmarks read it)."""
+        return self._thread.native_id if self._thread is not None else None
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -121,20 +148,37 @@ class ClockedRunner:
     def slots_used(self) -> int:
         return self._engine.slots_used
 
-    def open_slot(self, on_frame: FrameCallback, on_error: ErrorCallback | None = None) -> int:
-        """Take a free slot (raises NoFreeSlot). Callbacks run on the runner thread; `on_error` is told
-        when a tick fails, after which the slot is closed."""
+    def add_tick_listener(self, listener: Callable[[TickStats], None]) -> None:
+        """Called on the runner thread after each tick's frame callbacks (add before sessions start)."""
+        self._tick_listeners.append(listener)
+
+    def capacity(self) -> CapacityReport:
+        return self.budget.report(self.slots_used)
+
+    def open_slot(
+        self, on_frame: FrameCallback, on_error: ErrorCallback | None = None, *, check_budget: bool = False
+    ) -> int:
+        """Take a free slot (raises NoFreeSlot; with `check_budget`, TickBudgetFull when recent ticks
+        leave no room for one more session). Callbacks run on the runner thread; `on_error` is told when
+        the slot's session cannot go on (`TickFailed`, `FellBehind`), after which its owner closes it."""
+        if check_budget:
+            report = self.capacity()
+            if not report.admitting and report.slots_used < report.slots_total:
+                raise TickBudgetFull(
+                    f"recent ticks take {1000 * report.tick_p90_s:.1f} ms (p90) of a "
+                    f"{1000 * self.budget.budget_s:.0f} ms budget with {report.slots_used} sessions"
+                )
         slot = self._engine.open_slot()
         with self._lock:
             self._registrations[slot] = _Registration(on_frame, on_error)
         self._wake.set()
         return slot
 
-    def push(self, slot: int, pcm: npt.NDArray[np.float32]) -> None:
+    def push(self, slot: int, pcm: npt.NDArray[np.float32], now: float | None = None) -> None:
         with self._lock:
             if slot in self._failed:
                 return  # the session already got on_error; its audio goes nowhere
-        self._engine.push(slot, pcm)
+        self._engine.push(slot, pcm, now)
 
     def close_slot(self, slot: int) -> None:
         """Free the slot (idempotent); no callback for it runs after this returns."""
@@ -168,14 +212,19 @@ class ClockedRunner:
             while not self._stopping.is_set():
                 if not self._wait_for_slots():
                     deadline = None  # idle: the next session starts a fresh schedule
+                    self.budget.reset()  # and the contention measured before is not today's
                     continue
                 now = time.monotonic()
                 deadline = now if deadline is None else deadline
                 if deadline > now and self._stopping.wait(deadline - now):
                     break
-                self._tick_once()
+                duration = self._tick_once()
                 # Behind schedule: at most one immediate catch-up tick, never a burst.
                 deadline = max(deadline + self._period, time.monotonic() - self._period)
+                if duration < CATCH_UP_FRACTION * self._period and self._overdue():
+                    deadline = (
+                        time.monotonic()
+                    )  # a stall left input waiting: step it now, while there is room
         except BaseException:  # the loop itself must never die silently
             logger.exception("engine clock crashed")
             raise
@@ -189,7 +238,11 @@ class ClockedRunner:
         self._wake.clear()
         return False
 
-    def _tick_once(self) -> None:
+    def _overdue(self) -> bool:
+        """Some session's oldest frame is more than a period past due: it is queued behind a stall."""
+        return any(lag > self._period for lag in self._engine.lateness().values())
+
+    def _tick_once(self) -> float:
         with self._lock:
             snapshot = dict(self._registrations)
         started = time.perf_counter()
@@ -197,8 +250,10 @@ class ClockedRunner:
             frames = self._engine.tick()
         except Exception as exc:
             self._fail(snapshot, exc)
-            return
+            return 0.0
         duration = time.perf_counter() - started
+        if frames:
+            self.budget.record(duration, len(snapshot))
         stats = TickStats(
             duration_s=duration,
             active_slots=len(snapshot),
@@ -218,11 +273,52 @@ class ClockedRunner:
                     registration.on_frame(frame)
                 except Exception:
                     logger.exception("on_frame callback of slot %d failed", slot)
-        if self._on_tick is not None:
+        for listener in self._tick_listeners:
             try:
-                self._on_tick(stats)
+                listener(stats)
             except Exception:
-                logger.exception("on_tick callback failed")
+                logger.exception("tick listener failed")
+        self._shed_if_behind()
+        return duration
+
+    def _shed_if_behind(self) -> None:
+        """End the session that is past its lag limit and not catching up (one per SHED_INTERVAL_S): it
+        cannot be served in real time any more, and ending it gives the others their time back.
+
+        A session over the limit gets `SHED_GRACE_S` to recover (catch-up ticks, a neighbour's warm-up
+        ending); it is ended only if its lag did not shrink in that time."""
+        if self._max_lag_s is None:
+            return
+        now = time.monotonic()
+        lags = {slot: lag for slot, lag in self._engine.lateness(now).items() if lag > self._max_lag_s}
+        for slot in list(self._over_limit):
+            if slot not in lags:
+                del self._over_limit[slot]  # recovered (or closed)
+        hopeless: dict[int, float] = {}
+        for slot, lag in lags.items():
+            since, lag_then = self._over_limit.setdefault(slot, (now, lag))
+            if now - since < SHED_GRACE_S:
+                continue
+            if lag > lag_then - self._period:  # not one frame regained in the grace period
+                hopeless[slot] = lag
+            else:
+                self._over_limit[slot] = (now, lag)  # catching up: judge it again after another grace
+        if not hopeless or now - self._last_shed < SHED_INTERVAL_S:
+            return
+        slot, lag = max(hopeless.items(), key=lambda item: item[1])
+        self._over_limit.pop(slot, None)
+        with self._lock:
+            registration = self._registrations.pop(slot, None)
+            if registration is None:
+                return
+            self._failed.add(slot)
+            self._last_shed = now
+        logger.warning("slot %d is %.0f ms behind real time: ending its session", slot, 1000 * lag)
+        if registration.on_error is not None:
+            try:
+                registration.on_error(FellBehind(lag, self._max_lag_s))
+            except Exception:
+                logger.exception("on_error callback of slot %d failed", slot)
 
     def _fail(self, snapshot: dict[int, _Registration], exc: Exception) -> None:
         """A failed tick may have left any row half-stepped: end every session (each owner is told and then
@@ -231,11 +327,13 @@ class ClockedRunner:
         with self._lock:
             self._errors += 1
             failed, self._registrations = self._registrations, {}
+            error = TickFailed(f"model step failed: {exc}")
+            error.__cause__ = exc
             self._failed.update(failed)
             for slot, registration in failed.items():
                 if registration.on_error is None:
                     continue
                 try:
-                    registration.on_error(exc)
+                    registration.on_error(error)
                 except Exception:
                     logger.exception("on_error callback of slot %d failed", slot)

@@ -82,7 +82,13 @@ ERRORS: Final = MappingProxyType(
         ),
         "server_at_capacity": ErrorSpec(
             SERVER_ERROR,
-            "Every replica of this model is serving its maximum number of sessions. Try again later.",
+            "Every replica of this model is serving all the sessions it can keep in real time. "
+            "Try again later.",
+        ),
+        "session_fell_behind": ErrorSpec(
+            SERVER_ERROR,
+            "The model replica fell too far behind real time for this session, so it was ended rather "
+            "than answered seconds late. Reconnect to start a new session.",
         ),
         "session_lost": ErrorSpec(
             SERVER_ERROR,

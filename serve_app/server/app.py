@@ -21,20 +21,30 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from serve_app.config import AppConfig
 from serve_app.protocol.dialect import api_key_from_handshake, detect_dialect, select_subprotocol
 from serve_app.server.gateway import GatewayError, ModelGateway, SlotStream
+from serve_app.server.loop_lag import LoopLag
 from serve_app.server.observer import NullObserver, SessionObserver
 from serve_app.session.outbox import OutgoingEvent
 from serve_app.session.session import RealtimeSession
 
 logger = logging.getLogger(__name__)
 
-# WebSocket close codes: 1008 policy (auth), 1011 server error (lost replica), 1013 try again later (full).
-_CLOSE_FOR_CODE = {"invalid_api_key": 1008, "model_not_found": 1008, "server_at_capacity": 1013}
+WS_1000_NORMAL_CLOSURE = 1000
+WS_1008_POLICY_VIOLATION = 1008
+WS_1011_INTERNAL_ERROR = 1011
+WS_1013_TRY_AGAIN_LATER = 1013
+_CLOSE_FOR_CODE = {
+    "invalid_api_key": WS_1008_POLICY_VIOLATION,
+    "model_not_found": WS_1008_POLICY_VIOLATION,
+    "server_at_capacity": WS_1013_TRY_AGAIN_LATER,
+    "session_fell_behind": WS_1013_TRY_AGAIN_LATER,
+}
 
 
 def build_realtime_app(
     gateway: ModelGateway, config: AppConfig, observer: SessionObserver | None = None
 ) -> Starlette:
     obs: SessionObserver = observer or NullObserver()
+    loop_lag = LoopLag()
 
     async def models(_: Request) -> JSONResponse:
         created = 0
@@ -48,14 +58,26 @@ def build_realtime_app(
         ready = await gateway.is_ready()
         return JSONResponse({"status": "ok" if ready else "warming_up"}, status_code=200 if ready else 503)
 
+    async def status(_: Request) -> JSONResponse:
+        loop_lag.ensure_running()
+        return JSONResponse(
+            {
+                "object": "status",
+                "ingress": {"loop_lag_ms": round(1000 * loop_lag.recent_max_s, 1)},
+                "models": gateway.status(),
+            }
+        )
+
     async def realtime(ws: WebSocket) -> None:
-        await _RealtimeConnection(ws, gateway, config, obs).run()
+        loop_lag.ensure_running()
+        await _RealtimeConnection(ws, gateway, config, obs, loop_lag).run()
 
     routes = [
         WebSocketRoute("/v1/realtime", realtime),
         WebSocketRoute("/realtime", realtime),
         Route("/v1/models", models),
         Route("/healthz", healthz),
+        Route("/v1/status", status),
     ]
     return Starlette(routes=routes)
 
@@ -63,8 +85,11 @@ def build_realtime_app(
 class _RealtimeConnection:
     """Pumps one socket: client text → session → slot audio; slot frames → session → client text."""
 
-    def __init__(self, ws: WebSocket, gateway: ModelGateway, config: AppConfig, obs: SessionObserver) -> None:
+    def __init__(
+        self, ws: WebSocket, gateway: ModelGateway, config: AppConfig, obs: SessionObserver, loop_lag: LoopLag
+    ) -> None:
         self.ws = ws
+        self.loop_lag = loop_lag
         self.gateway = gateway
         self.config = config
         self.obs = obs
@@ -113,6 +138,12 @@ class _RealtimeConnection:
             return "invalid_api_key"
         if self.model_id not in self.gateway.model_ids():
             return "model_not_found"
+        limit_ms = self.config.server.max_loop_lag_ms
+        if limit_ms is not None and 1000 * self.loop_lag.recent_max_s > limit_ms:
+            logger.info(
+                "ingress loop %.0f ms late: refusing", 1000 * self.loop_lag.recent_max_s, extra=self.log
+            )
+            return "server_at_capacity"
         return None
 
     async def _reject(self, code: str) -> None:
@@ -121,7 +152,7 @@ class _RealtimeConnection:
         self.session.fail(code)
         for text in self.session.data_to_send():
             await self.ws.send_text(text)
-        await self.ws.close(code=_CLOSE_FOR_CODE.get(code, 1011))
+        await self.ws.close(code=_CLOSE_FOR_CODE.get(code, WS_1011_INTERNAL_ERROR))
 
     async def _serve(self, stream: SlotStream) -> None:
         self.session.connect()
@@ -132,21 +163,21 @@ class _RealtimeConnection:
             asyncio.create_task(self._read_engine(stream)),
             asyncio.create_task(self._tick_clock()),
         ]
-        close_code = 1000
+        close_code = WS_1000_NORMAL_CLOSURE
         try:
             done, _ = await asyncio.wait([*pumps, writer], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 exc = task.exception()
                 if isinstance(exc, GatewayError):
-                    logger.warning("session failed: %s", exc.code, extra=self.log)
+                    logger.warning("session failed: %s (%s)", exc.code, exc, extra=self.log)
                     self.session.fail(exc.code)
                     self._flush()
-                    close_code = 1011
+                    close_code = _CLOSE_FOR_CODE.get(exc.code, WS_1011_INTERNAL_ERROR)
                 elif exc is not None and not isinstance(exc, WebSocketDisconnect):
                     logger.exception("session crashed", exc_info=exc, extra=self.log)
                     self.session.fail("server_error")
                     self._flush()
-                    close_code = 1011
+                    close_code = WS_1011_INTERNAL_ERROR
         finally:
             self.session.close()
             for task in pumps:

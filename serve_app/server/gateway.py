@@ -6,7 +6,7 @@ WebSocket app is the same in both worlds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -37,6 +37,12 @@ class SessionLost(GatewayError):
     code = "session_lost"
 
 
+class SessionFellBehind(GatewayError):
+    """The replica could not keep this session in real time; it was ended rather than served late."""
+
+    code = "session_fell_behind"
+
+
 class SlotStream(Protocol):
     """One session's slot on one model replica, for the session's whole life."""
 
@@ -45,7 +51,8 @@ class SlotStream(Protocol):
         ...
 
     def frames(self) -> AsyncIterator[EngineFrame]:
-        """Engine output, one frame per tick that stepped this slot. Raises SessionLost."""
+        """Engine output, one frame per tick that stepped this slot. Raises SessionLost or
+        SessionFellBehind."""
         ...
 
     async def close(self) -> None:
@@ -58,6 +65,10 @@ class ModelGateway(Protocol):
 
     async def is_ready(self) -> bool:
         """True once every model has warmed up."""
+        ...
+
+    def status(self) -> Mapping[str, object]:
+        """Per model: what is known of its replicas' capacity (JSON-serialisable)."""
         ...
 
     async def open_session(self, model_id: str, session_id: str) -> SlotStream:

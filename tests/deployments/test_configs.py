@@ -14,8 +14,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.serve.schema import ServeDeploySchema
 
 from deployments.metrics import PREFIX
-from serve_app.app import load_config
-from serve_app.config import EMBEDDED_MODELS
+from serve_app.config import EMBEDDED_MODELS, load_config
 from serve_app.run import app_configs, load_deploy_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +56,9 @@ def test_production_yaml_uses_gpus_real_checkpoints_and_autoscaling() -> None:
         assert dep.ray_actor_options.num_gpus == 1
         auto = dep.autoscaling_config
         assert auto["max_replicas"] > auto["min_replicas"]
-        assert auto["target_ongoing_requests"] <= model.slots
+        # Upscale must start before a replica is full; with `slots: auto` a replica holds at most max_slots.
+        slots = model.max_slots if model.slots == "auto" else model.slots
+        assert auto["target_ongoing_requests"] < slots
         assert dep.graceful_shutdown_timeout_s >= 600
 
 

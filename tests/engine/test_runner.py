@@ -7,6 +7,7 @@ import psutil
 import pytest
 
 from serve_app.engine.batch import BatchedEngine, NoFreeSlot
+from serve_app.engine.errors import TickFailed
 from serve_app.engine.loader import LoadedModel
 from serve_app.engine.port import EngineFrame
 from serve_app.engine.runner import ClockedRunner, TickStats
@@ -158,7 +159,8 @@ def test_tick_failure_is_reported_and_runner_survives(
         assert a.changed.wait_for(lambda: a.errors, 5)
     with b.changed:
         assert b.changed.wait_for(lambda: b.errors, 5)  # every open slot hears about it
-    assert str(a.errors[0]) == "boom" and runner.running and runner.stats().errors == 1
+    assert isinstance(a.errors[0], TickFailed) and str(a.errors[0].__cause__) == "boom"
+    assert runner.running and runner.stats().errors == 1
     runner.push(slot_a, noise(3, seed=7))  # a late push from a failed session is dropped, not an error
     assert runner.slots_used == 2  # held until the owners close them...
     runner.close_slot(slot_a)

@@ -25,7 +25,14 @@ REQUIRED = {
     "invalid_api_key",
     "server_error",
 }
-SERVER_SIDE = {"model_not_found", "server_at_capacity", "session_lost", "invalid_api_key", "server_error"}
+SERVER_SIDE = {
+    "model_not_found",
+    "server_at_capacity",
+    "session_lost",
+    "session_fell_behind",
+    "invalid_api_key",
+    "server_error",
+}
 
 
 def test_table_has_every_required_code() -> None:

@@ -19,15 +19,20 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.run import deploy, wait_healthy
+from serve_app.run import apply_front, deploy, wait_healthy
 from tests.fixtures.net import free_port
 
 APP = "realtime-test"
 SLOTS = 2
+SLOW = "moshi-slow"
 
 # Autoscaling reacts in about a second instead of tens (pushed to every Ray worker via the raylet env).
 os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+# What `make serve` runs: HAProxy in front of the ingress replicas (on free ports, so a server running
+# beside the suite is unaffected), with a short direct-ingress drain so teardown and rescaling are fast.
+apply_front("haproxy")
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
 
 
 SFT_AUTOSCALING = {
@@ -52,11 +57,19 @@ def serve_config(http_port: int, moshi_sft: dict[str, Any] | None = None) -> dic
             {
                 "name": APP,
                 "route_prefix": "/",
-                "import_path": "serve_app.app:build_app",
+                "import_path": "deployments.app:build_app",
                 "args": {
                     "models": [
                         {"id": "moshi-sft", "spec": {"tiny_seed": 1}, "slots": SLOTS},
                         {"id": "moshi-base", "spec": {"tiny_seed": 2}, "slots": SLOTS},
+                        # Its 16-slot tick (≈ 45 ms on 2 cores) is slow for its budget (0.4 × 80 ms):
+                        # one session is served in real time, a second one is refused.
+                        {
+                            "id": SLOW,
+                            "spec": {"tiny_seed": 3},
+                            "slots": 16,
+                            "realtime": {"admit_fraction": 0.4},
+                        },
                     ],
                     "session": {"utterance_silence_ms": 480},
                 },
@@ -68,6 +81,7 @@ def serve_config(http_port: int, moshi_sft: dict[str, Any] | None = None) -> dic
                         **(moshi_sft or {"autoscaling_config": SFT_AUTOSCALING}),
                     },
                     {"name": "moshi-base", "num_replicas": 2, "ray_actor_options": small},
+                    {"name": SLOW, "num_replicas": 1, "ray_actor_options": small},
                 ],
             }
         ],
@@ -120,6 +134,12 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     http_port, metrics_port = free_port(), free_port()
+    for name in (
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_HAPROXY_METRICS_PORT",
+    ):
+        os.environ.setdefault(name, str(free_port()))
     ray.init(
         num_cpus=4,
         include_dashboard=False,

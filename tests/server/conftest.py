@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import uvicorn
 
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.config import AppConfig, ModelConfig, RealtimeLimits
 from serve_app.engine.spec import ModelSpec
 from serve_app.server.app import build_realtime_app
 from serve_app.server.local_gateway import LocalGateway, build_local_gateway
@@ -35,13 +35,16 @@ class RunningServer:
 
 @pytest.fixture(scope="session")
 def local_server() -> Iterator[RunningServer]:
+    # Client, server and engines share this process and its 2 cores: admission by tick time would
+    # refuse at random here (tests/ray and tests/engine cover it), so only the slot count admits.
+    lenient = RealtimeLimits(admit_fraction=None)
     config = AppConfig(
         models=(
-            ModelConfig(id="moshi-sft", spec=ModelSpec(tiny_seed=1), slots=3),
-            ModelConfig(id="moshi-base", spec=ModelSpec(tiny_seed=2), slots=2),
+            ModelConfig(id="moshi-sft", spec=ModelSpec(tiny_seed=1), slots=3, realtime=lenient),
+            ModelConfig(id="moshi-base", spec=ModelSpec(tiny_seed=2), slots=2, realtime=lenient),
         ),
         session=SessionSettings(utterance_silence_ms=480),
-        server={"api_keys": ()},
+        server={"api_keys": (), "max_loop_lag_ms": None},
     )
     gateway = build_local_gateway(config)
     port = free_port()

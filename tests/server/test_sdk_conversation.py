@@ -71,7 +71,7 @@ async def _stream_audio(conn: Any, seconds: float, stop: asyncio.Event, seed: in
 async def _converse(conn: Any, names: Names, session_update: dict[str, Any]) -> None:
     log = Transcript()
     created = await _recv_until(conn, log, lambda e: True, 10)
-    assert created.type == "session.created"
+    assert created.type == "session.created", created
 
     await conn.session.update(session=session_update)
     updated = await _recv_until(conn, log, lambda e: e.type in ("session.updated", "error"), 10)

@@ -1,8 +1,11 @@
 """Test harness: a RealtimeSession whose every emitted event is checked the way strict clients check it.
 
 `strict_check` validates each server event against its dialect's `openai` type with `strict=True` (the
-type table is rebuilt here from the SDK unions, independently of serve_app), then asserts the complete
-payloads of notes/realtime-protocol.md §3 that the SDK types leave optional.
+type table is rebuilt here from the SDK unions, independently of serve_app), then asserts the fields strict
+clients read although the SDK types leave them optional: every event's `event_id`; items' id, object, type,
+status (messages: role, content; text parts their text, audio parts a transcript); responses' id, object,
+status, status_details, output, usage, metadata, conversation_id and modalities (no audio bytes in output);
+errors' type, code, message, param, event_id; sessions' id and object (GA: type and model; beta: no model).
 """
 
 from __future__ import annotations

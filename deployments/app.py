@@ -1,6 +1,6 @@
 """Application wiring: Serve YAML `args` → AppConfig → one model deployment per model type + the ingress.
 
-`serve run serve_app.app:app` runs the embedded default (tiny random-weight checkpoints);
+`serve run deployments.app:app` runs the embedded default (tiny random-weight checkpoints);
 `serve run configs/local.yaml` (or `python -m serve_app.run`) passes `args` to `build_app`.
 Deployment knobs (replicas, autoscaling, num_gpus, graceful shutdown) come from the Serve YAML, which
 overrides the defaults set here.
@@ -14,22 +14,14 @@ from ray.serve import Application
 
 from deployments.ingress import IngressDeployment
 from deployments.model import ModelDeployment
-from serve_app.config import AppConfig
-
-
-def load_config(args: dict[str, Any]) -> AppConfig:
-    """Args without `models` mean the embedded default models, with any other settings applied."""
-    if "models" in args:
-        return AppConfig.model_validate(args)
-    default = AppConfig.embedded_default()
-    return AppConfig.model_validate({**default.model_dump(mode="json"), **args})
+from serve_app.config import load_config
 
 
 def build_app(args: dict[str, Any]) -> Application:
     config = load_config(args)
     models = {
         # One ongoing request per session: a replica takes no more sessions than it has slots.
-        model.id: ModelDeployment.options(name=model.id, max_ongoing_requests=model.slots).bind(
+        model.id: ModelDeployment.options(name=model.id, max_ongoing_requests=model.max_sessions).bind(
             model.model_dump(mode="json")
         )
         for model in config.models

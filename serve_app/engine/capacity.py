@@ -1,0 +1,107 @@
+"""How many sessions a replica can keep in real time, judged from the ticks it actually ran.
+
+A tick steps the whole batch, so its cost barely depends on how many slots are active; what grows with
+load is contention (other replicas, the ingress, the transport on the same cores). So the judgement is
+empirical: recent busy ticks against a share of the 80 ms period, plus the per-session slope of tick
+time seen across recent loads, which is what one more session is expected to add.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve_app.constants import FRAME_MS
+
+PERIOD_S = FRAME_MS / 1000
+DEFAULT_ADMIT_FRACTION = 0.7
+"""Admit while the predicted tick stays under this share of the period: the rest absorbs jitter."""
+WINDOW_TICKS = 50
+"""Recent busy ticks considered (4 s at one tick per 80 ms)."""
+STALE_AFTER_S = 2.0
+"""Ticks older than this say nothing about now (the replica idled, or its neighbours' load changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityReport:
+    """What the replica says about itself (metrics, status endpoint, admission)."""
+
+    slots_total: int
+    slots_used: int
+    tick_p50_s: float
+    tick_p90_s: float
+    per_session_s: float
+    """Tick time one more session is expected to add (slope over recent loads, ≥ 0)."""
+    capacity: int
+    """Sessions the replica expects to hold in real time (≤ slots_total)."""
+    admitting: bool
+
+
+class TickBudget:
+    """Recent (duration, active sessions) of busy ticks → admission verdicts. Thread-safe."""
+
+    def __init__(
+        self,
+        slots_total: int,
+        *,
+        admit_fraction: float | None = DEFAULT_ADMIT_FRACTION,
+        period_s: float = PERIOD_S,
+        window: int = WINDOW_TICKS,
+    ) -> None:
+        """`admit_fraction` None: judge and report, but admit on free slots alone."""
+        if admit_fraction is not None and not 0 < admit_fraction <= 1:
+            raise ValueError(f"admit_fraction must be in (0, 1], got {admit_fraction}")
+        self._slots = slots_total
+        self._enforced = admit_fraction is not None
+        self._budget_s = (admit_fraction or 1.0) * period_s
+        self._lock = threading.Lock()
+        self._ticks: deque[tuple[float, float, int]] = deque(maxlen=window)
+        """(monotonic time, duration, active sessions) of recent busy ticks."""
+
+    @property
+    def budget_s(self) -> float:
+        return self._budget_s
+
+    def record(self, duration_s: float, active: int, now: float | None = None) -> None:
+        if active > 0:
+            at = time.monotonic() if now is None else now
+            with self._lock:
+                self._ticks.append((at, duration_s, active))
+
+    def reset(self) -> None:
+        """Forget the past (e.g. once the replica went idle: its contention then is not today's)."""
+        with self._lock:
+            self._ticks.clear()
+
+    def report(self, slots_used: int, now: float | None = None) -> CapacityReport:
+        at = time.monotonic() if now is None else now
+        with self._lock:
+            while self._ticks and self._ticks[0][0] < at - STALE_AFTER_S:
+                self._ticks.popleft()
+            ticks = [(d, n) for _, d, n in self._ticks]
+        if not ticks:
+            # Nothing measured under load yet: free slots are all we know.
+            return CapacityReport(
+                self._slots, slots_used, 0.0, 0.0, 0.0, self._slots, slots_used < self._slots
+            )
+        durations = np.array([d for d, _ in ticks])
+        loads = np.array([n for _, n in ticks], dtype=float)
+        p50, p90 = (float(v) for v in np.percentile(durations, [50, 90]))
+        slope = 0.0
+        if loads.std() > 0:
+            slope = max(0.0, float(np.polyfit(loads, durations, 1)[0]))
+        current = int(loads[-1])
+        if slope > 0:
+            capacity = current + int(np.floor((self._budget_s - p90) / slope))
+        else:
+            capacity = self._slots if p90 <= self._budget_s else current
+        capacity = max(0, min(self._slots, capacity))
+        # An empty replica admits: the ticks it remembers were paid for by sessions that have left, and
+        # a deployment must not refuse everyone forever on old evidence (the lag limit still guards it).
+        fits = p90 + slope <= self._budget_s
+        admitting = slots_used < self._slots and (not self._enforced or slots_used == 0 or fits)
+        return CapacityReport(self._slots, slots_used, p50, p90, slope, capacity, admitting)

@@ -1,0 +1,44 @@
+"""Load, size, warm up and start one model's clocked runner: what a replica (or a test server) does first."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+from serve_app.engine.batch import BatchedEngine
+from serve_app.engine.capacity import DEFAULT_ADMIT_FRACTION, TickBudget
+from serve_app.engine.loader import load_model
+from serve_app.engine.runner import DEFAULT_MAX_LAG_S, ClockedRunner, TickStats
+from serve_app.engine.sizing import resolve_slots
+from serve_app.engine.spec import ModelSpec, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+def start_runner(
+    spec: ModelSpec,
+    *,
+    slots: int | Literal["auto"],
+    max_slots: int,
+    sampling: SamplingParams,
+    model_id: str = "",
+    on_tick: Callable[[TickStats], None] | None = None,
+    max_lag_s: float | None = DEFAULT_MAX_LAG_S,
+    admit_fraction: float | None = DEFAULT_ADMIT_FRACTION,
+) -> ClockedRunner:
+    """Blocking: seconds on CPU, minutes for the 7B model on a GPU. Raises CheckpointError for a bad
+    checkpoint and SlotsDoNotFit when a fixed `slots` cannot fit the accelerator's memory."""
+    model = load_model(spec)
+    count = resolve_slots(model, slots, max_slots, sampling)
+    engine = BatchedEngine(model, slots=count, sampling=sampling)
+    engine.warmup()
+    runner = ClockedRunner(
+        engine,
+        on_tick=on_tick,
+        max_lag_s=max_lag_s,
+        budget=TickBudget(count, admit_fraction=admit_fraction),
+    )
+    runner.start()
+    logger.info("model ready", extra={"model": model_id, "slots": count})
+    return runner
