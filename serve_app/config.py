@@ -93,7 +93,7 @@ class ServerSettings(BaseModel):
     clock_interval_s: float = Field(default=0.1, gt=0, le=1)
     """How often the socket shell advances the session clock (drives response timeouts)."""
 
-    max_loop_lag_ms: float | None = Field(default=50, gt=0)
+    max_loop_lag_ms: float | None = Field(default=100, gt=0)
     """The ingress refuses new sessions (`server_at_capacity`) while its event loop ran callbacks this
     late in the last 2 s: every session on that loop would be late too. null disables the check."""
 

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 MAX_WRITE_BUFFER_BYTES = 16 * 1024 * 1024
 """An ingress that stops reading this much output is cut off (its sessions end), not buffered forever."""
 HELLO_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 2.0
+"""On close, how long open connections get to flush their last messages before they are cut."""
 
 
 @dataclass(eq=False)
@@ -80,6 +82,9 @@ class ReplicaPort:
         """Filled by the runner thread during a tick (its callbacks run one after another on it)."""
         self._loop = asyncio.get_running_loop()
         self._servers: list[asyncio.Server] = []
+        self._handlers: dict[asyncio.Task[None], _Connection] = {}
+        """The open connections, by the task serving each (`close` ends them: a closed asyncio server
+        keeps the connections it accepted)."""
         self._dir: str | None = None
         self.address: ChannelAddress | None = None
         runner.add_tick_listener(self._on_tick)
@@ -168,6 +173,9 @@ class ReplicaPort:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers[task] = connection
         try:
             hello = await asyncio.wait_for(read_message(reader), HELLO_TIMEOUT_S)
             if not isinstance(hello, wire.Hello) or not secrets.compare_digest(hello.token, self._token):
@@ -182,8 +190,11 @@ class ReplicaPort:
             for lease_id in list(connection.leases):
                 self.release(lease_id, EndReason.LOST, "the ingress connection closed")
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            try:
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            finally:
+                self._handlers.pop(task, None)
 
     def _handle(self, connection: _Connection, message: wire.Message) -> None:
         if isinstance(message, wire.Audio):
@@ -218,6 +229,16 @@ class ReplicaPort:
             self.release(lease_id, EndReason.LOST, "the model replica is shutting down")
         for server in self._servers:
             server.close()
+        # The ENDED messages just queued go out first (close flushes); then each connection's handler ends
+        # and the ingress sees the replica leave, instead of holding a connection to nothing.
+        handlers = dict(self._handlers)
+        for connection in handlers.values():
+            connection.writer.close()
+        if handlers:
+            _, stuck = await asyncio.wait(handlers, timeout=CLOSE_TIMEOUT_S)
+            for task in stuck:  # a peer that does not read its last messages
+                handlers[task].writer.transport.abort()
+                task.cancel()
         if self._dir is not None:
             with contextlib.suppress(OSError):
                 for entry in Path(self._dir).iterdir():

@@ -1,13 +1,15 @@
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 
 from serve_app.engine.batch import BatchedEngine, NoFreeSlot
-from serve_app.engine.errors import TickFailed
+from serve_app.engine.capacity import TickBudget
+from serve_app.engine.errors import FellBehind, TickBudgetFull, TickFailed
 from serve_app.engine.loader import LoadedModel
 from serve_app.engine.port import EngineFrame
 from serve_app.engine.runner import ClockedRunner, TickStats
@@ -196,3 +198,77 @@ def test_frames_are_float32_pcm(runner: ClockedRunner) -> None:
     inbox.wait_frames(2)
     assert all(f.pcm.dtype == np.float32 for f in inbox.frames)
     runner.close_slot(slot)
+
+
+def test_overdue_input_is_caught_up_faster_than_real_time(runner: ClockedRunner) -> None:
+    """Input that waited through a stall (stamped 1 s ago) is stepped back to back, not 80 ms apart."""
+    inbox = Inbox()
+    slot = runner.open_slot(inbox.on_frame, on_error=inbox.on_error)
+    started = time.monotonic()
+    runner.push(slot, noise(13, seed=20), now=started - 1.04)  # 13 frames, all due by now
+    inbox.wait_frames(12)
+    took = time.monotonic() - started
+    assert took < 0.6, f"{took:.2f} s for 12 overdue frames (real time would take 0.96 s)"
+    assert not inbox.errors
+
+
+def test_input_sent_ahead_of_real_time_is_not_late(runner: ClockedRunner) -> None:
+    """A client sending faster than real time queues frames due in the future: stepped at the period."""
+    inbox = Inbox()
+    slot = runner.open_slot(inbox.on_frame, on_error=inbox.on_error)
+    started = time.monotonic()
+    runner.push(slot, noise(10, seed=21))
+    inbox.wait_frames(9)
+    assert time.monotonic() - started > 0.6  # ≈ 9 × 80 ms, not back to back
+
+
+class SlowEngine:
+    """Makes every tick take `delay_s` longer: a replica that cannot keep up."""
+
+    def __init__(self, engine: BatchedEngine, delay_s: float) -> None:
+        self._engine = engine
+        self._delay_s = delay_s
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+    def tick(self) -> dict[int, EngineFrame]:
+        time.sleep(self._delay_s)
+        return self._engine.tick()
+
+
+def test_a_session_that_cannot_catch_up_is_ended_past_the_lag_limit(engine: BatchedEngine) -> None:
+    slow: Any = SlowEngine(engine, delay_s=0.12)  # every tick 120+ ms: a paced session falls behind
+    runner = ClockedRunner(slow, period_s=0.08, max_lag_s=0.3)
+    runner.start()
+    try:
+        inbox = Inbox()
+        slot = runner.open_slot(inbox.on_frame, on_error=inbox.on_error)
+        deadline = time.monotonic() + 10
+        while not inbox.errors and time.monotonic() < deadline:
+            runner.push(slot, noise(1, seed=22))  # paced input, one frame per period
+            time.sleep(0.08)
+        assert inbox.errors, "the session was never ended"
+        (error,) = inbox.errors
+        assert isinstance(error, FellBehind) and error.lag_s > 0.3
+        runner.push(slot, noise(1, seed=23))  # a late push from the ended session goes nowhere
+        runner.close_slot(slot)
+        assert runner.slots_used == 0
+    finally:
+        runner.stop()
+
+
+def test_budget_refuses_a_session_its_recent_ticks_cannot_fit(engine: BatchedEngine) -> None:
+    runner = ClockedRunner(engine, period_s=0.08, budget=TickBudget(2, admit_fraction=0.01))  # 0.8 ms
+    runner.start()
+    try:
+        first = Inbox()
+        slot = runner.open_slot(first.on_frame, check_budget=True)  # nothing measured yet: admitted
+        runner.push(slot, noise(6, seed=24))
+        first.wait_frames(4)
+        with pytest.raises(TickBudgetFull):
+            runner.open_slot(Inbox().on_frame, check_budget=True)
+        assert runner.slots_used == 1
+        runner.open_slot(Inbox().on_frame)  # without the check only slots bound it
+    finally:
+        runner.stop()
