@@ -97,3 +97,18 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exports() -> None:
     unknown = {s for s in series if not any(s.removesuffix(x) in defined for x in suffixes if s.endswith(x))}
     missing = {d for d in defined if not any(d + x in series for x in suffixes)}
     assert not unknown and not missing, f"undefined: {unknown}, not on the dashboard: {missing}"
+
+
+def test_cluster_starts_ray_with_the_front_that_make_serve_uses() -> None:
+    from serve_app.run import front_environment
+
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    starts = [
+        c
+        for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+        if "ray start" in c
+    ]
+    assert len(starts) == 2
+    for command in starts:
+        for name, value in front_environment("haproxy").items():
+            assert f"{name}={value} " in command, (name, command)
