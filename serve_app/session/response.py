@@ -117,13 +117,22 @@ class Response:
             )
 
     def finish(
-        self, status: FinalStatus, *, reason: Reason | None = None, previous_item_id: str | None = None
+        self,
+        status: FinalStatus,
+        *,
+        reason: Reason | None = None,
+        previous_item_id: str | None = None,
+        error: JsonObject | None = None,
     ) -> None:
-        """Close the open part and item (if any) with their done events, then response.done."""
+        """Close the open part and item (if any) with their done events, then response.done.
+
+        `error` ({type, code}) goes with `failed`: the session is ending under the response."""
         require("finish the response", self.state, ResponseState.WAITING, ResponseState.STREAMING)
         self.status = status
         if status != "completed":
             self.status_details = {"type": status} if reason is None else {"type": status, "reason": reason}
+            if error is not None:
+                self.status_details["error"] = error
         if self.state is ResponseState.STREAMING:
             assert self.item is not None
             self.item.status = "completed" if status == "completed" else "incomplete"

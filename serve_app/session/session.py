@@ -233,9 +233,12 @@ class RealtimeSession:
         if self.closed:
             return
         error_type, text = render(code) if message is None else (ERRORS[code].type, message)
+        if self._response is not None:
+            # Every response.created gets its response.done, even when the session ends under it.
+            self._finish(self._response, "failed", error={"type": error_type, "code": code})
         self._emit(error_payload(code, text, error_type=error_type))
         self._state = SessionState.CLOSED
-        logger.warning("realtime session failed", extra={**self._log, "code": code})
+        logger.info("realtime session failed: %s", code, extra={**self._log, "code": code})
 
     def close(self) -> None:
         """The socket went away; ignore whatever still arrives."""
@@ -542,11 +545,18 @@ class RealtimeSession:
             # Moshi's current utterance goes on in the model; keep it off the wire until it ends.
             self._muted = self._utterance is not None
 
-    def _finish(self, response: Response, status: FinalStatus, *, reason: Reason | None = None) -> None:
+    def _finish(
+        self,
+        response: Response,
+        status: FinalStatus,
+        *,
+        reason: Reason | None = None,
+        error: dict[str, str] | None = None,
+    ) -> None:
         previous_id = None
         if response.item is not None and response.item.id in self._conversation:
             previous_id = self._conversation.previous_id(response.item.id)
-        response.finish(status, reason=reason, previous_item_id=previous_id)
+        response.finish(status, reason=reason, previous_item_id=previous_id, error=error)
         self._response = None
         self._last_response_id = response.id
         self._conversation.audio_added()

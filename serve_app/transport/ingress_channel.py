@@ -111,11 +111,14 @@ class ReplicaChannel:
                 reader, writer = await asyncio.open_unix_connection(address.unix_path)
             else:
                 reader, writer = await asyncio.open_connection(address.tcp_host, address.tcp_port)
-            writer.write(wire.encode_hello(address.token))
-            welcome = await read_message(reader)
-            if not isinstance(welcome, wire.Welcome) or welcome.replica_id != replica_id:
-                writer.close()
-                raise ConnectionError(f"the channel at {address} is not replica {replica_id}")
+            try:
+                writer.write(wire.encode_hello(address.token))
+                welcome = await read_message(reader)
+                if not isinstance(welcome, wire.Welcome) or welcome.replica_id != replica_id:
+                    raise ConnectionError(f"the channel at {address} is not replica {replica_id}")
+            except BaseException:
+                writer.transport.abort()  # a half-open greeting must not leak its socket
+                raise
             return reader, writer
 
         try:
@@ -198,19 +201,23 @@ class ReplicaChannel:
         finally:
             self._lose(detail)
 
-    def _lose(self, detail: str) -> None:
-        """The connection is gone: every session on it ends."""
+    def _lose(self, detail: str, *, graceful: bool = False) -> None:
+        """The connection is gone (or closed by us, `graceful`: buffered writes still go out): every
+        session on it ends."""
         if self.closed.is_set():
             return
         self.closed.set()
-        self._writer.transport.abort()
+        if graceful:
+            self._writer.close()
+        else:
+            self._writer.transport.abort()
         for session in list(self._sessions.values()):
             session.end(EndReason.LOST, detail)
         self._sessions.clear()
 
     async def close(self) -> None:
         self._flush()
+        self._lose("the channel was closed", graceful=True)
         self._reader_task.cancel()
         with contextlib.suppress(BaseException):
             await self._reader_task
-        self._lose("the channel was closed")

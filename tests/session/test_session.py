@@ -903,9 +903,18 @@ def test_fail_queues_one_error_and_closes(dialect: Dialect, code: str) -> None:
 
 
 def test_fail_mid_session_with_a_custom_message(h: Harness) -> None:
+    """The response being spoken ends `failed` (every response.created gets its response.done), then
+    the one error."""
     h.frame(speaking=True, text="hi")
+    h.events()
     h.session.fail("session_lost", "replica 3 died")
-    (event,) = h.events()
+    *closing, done, event = h.events()
+    assert "response.output_item.done" in [e["type"] for e in closing]
+    assert done["type"] == "response.done" and done["response"]["status"] == "failed"
+    assert done["response"]["status_details"] == {
+        "type": "failed",
+        "error": {"type": "server_error", "code": "session_lost"},
+    }
     assert event["error"] == {
         "type": "server_error",
         "code": "session_lost",
