@@ -37,10 +37,12 @@ from serve_app.transport.reasons import EndReason
 
 logger = logging.getLogger("ray.serve")
 
-DEFAULT_ADMISSION_TIMEOUT_S = 1.0
+DEFAULT_ADMISSION_TIMEOUT_S = 2.0
 """How long a new session may wait for a replica with room. Serve routes a call only to a replica below
 `max_ongoing_requests` (= slots) and otherwise queues it at the caller indefinitely; a session still
-waiting after this long finds every replica full, so it is refused instead of hanging."""
+waiting after this long finds every replica full, so it is refused instead of hanging. 1 s proved too short
+on a loaded 2-core node: Serve's routing (queue-length probes) alone took longer and idle replicas were
+reported full."""
 ADMISSION_ATTEMPTS = 3
 """A replica whose ticks leave no room refuses; another replica of the deployment may have it."""
 LEASE_END_TIMEOUT_S = 5.0

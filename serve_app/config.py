@@ -95,7 +95,8 @@ class ServerSettings(BaseModel):
 
     max_loop_lag_ms: float | None = Field(default=100, gt=0)
     """The ingress refuses new sessions (`server_at_capacity`) while its event loop ran callbacks this
-    late in the last 2 s: every session on that loop would be late too. null disables the check."""
+    late in the last 2 s (more than twice): every session on that loop would be late too. null disables
+    the check."""
 
     @field_validator("api_keys", mode="before")
     @classmethod

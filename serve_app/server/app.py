@@ -63,7 +63,7 @@ def build_realtime_app(
         return JSONResponse(
             {
                 "object": "status",
-                "ingress": {"loop_lag_ms": round(1000 * loop_lag.recent_max_s, 1)},
+                "ingress": {"loop_lag_ms": round(1000 * loop_lag.recent_s, 1)},
                 "models": gateway.status(),
             }
         )
@@ -139,10 +139,8 @@ class _RealtimeConnection:
         if self.model_id not in self.gateway.model_ids():
             return "model_not_found"
         limit_ms = self.config.server.max_loop_lag_ms
-        if limit_ms is not None and 1000 * self.loop_lag.recent_max_s > limit_ms:
-            logger.info(
-                "ingress loop %.0f ms late: refusing", 1000 * self.loop_lag.recent_max_s, extra=self.log
-            )
+        if limit_ms is not None and 1000 * self.loop_lag.recent_s > limit_ms:
+            logger.info("ingress loop %.0f ms late: refusing", 1000 * self.loop_lag.recent_s, extra=self.log)
             return "server_at_capacity"
         return None
 

@@ -13,10 +13,13 @@ from collections import deque
 PROBE_INTERVAL_S = 0.05
 WINDOW = 40
 """Probes considered (2 s)."""
+SPIKES_IGNORED = 2
+"""A lone pause (a GC pass, a burst of handshakes) is not overload: the judgement ignores the worst two."""
 
 
 class LoopLag:
-    """Runs a probe task on the current loop; `recent_max_s` is the worst lateness of the last window."""
+    """Runs a probe task on the current loop; `recent_s` is how late it ran in the last window, its
+    `SPIKES_IGNORED` worst probes left out."""
 
     def __init__(self, interval_s: float = PROBE_INTERVAL_S, window: int = WINDOW) -> None:
         self._interval = interval_s
@@ -34,8 +37,9 @@ class LoopLag:
             self._lags.append(max(0.0, time.monotonic() - started - self._interval))
 
     @property
-    def recent_max_s(self) -> float:
-        return max(self._lags, default=0.0)
+    def recent_s(self) -> float:
+        ranked = sorted(self._lags, reverse=True)
+        return ranked[SPIKES_IGNORED] if len(ranked) > SPIKES_IGNORED else 0.0
 
     def stop(self) -> None:
         if self._task is not None:

@@ -29,7 +29,7 @@ def speak(h: Harness, *pieces: str, silence: int = 3) -> list[dict]:
 
 
 def response_lifecycle(dialect: Dialect, *, deltas: list[str]) -> list[str]:
-    """notes §5: the order every client accepts."""
+    """The order every client accepts (docs/ARCHITECTURE.md, "Event order of a response")."""
     item_announce = ["conversation.item.added"] if dialect is Dialect.GA else ["conversation.item.created"]
     done = ["conversation.item.done"] if dialect is Dialect.GA else []
     audio = "response.output_audio" if dialect is Dialect.GA else "response.audio"
