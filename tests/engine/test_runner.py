@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from serve_app.engine.batch import BatchedEngine, NoFreeSlot
 from serve_app.engine.capacity import TickBudget
@@ -40,6 +41,17 @@ class Inbox:
     def wait_frames(self, count: int, timeout: float = 20.0) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: len(self.frames) >= count, timeout), len(self.frames)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """What a model replica gets (Ray sets OMP_NUM_THREADS=1 for num_cpus ≤ 1). With 2 threads, a tick on
+    the runner's (non-main) thread measured 40–70 ms against 28 ms on the main thread on the 2-core VM,
+    which would leave no room for catching up."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
