@@ -104,12 +104,6 @@ class ModelReplica:
             self._port.release(lease.id)
             self._record_slots()
 
-    def capacity(self) -> dict[str, Any]:
-        """This replica's view of its own capacity (for the status endpoint and operators)."""
-        from dataclasses import asdict
-
-        return {"replica_id": self._replica_id, **asdict(self._runner.capacity())}
-
     def channel(self) -> tuple[str, ChannelAddress]:
         """For tests and operators: this replica's id and where its frame channel listens."""
         return self._replica_id, self._address

@@ -135,11 +135,12 @@ class RaySlotStream:
         self._channel.close()  # the replica frees the slot and ends the lease call
         try:
             await asyncio.wait_for(asyncio.shield(self._lease), LEASE_END_TIMEOUT_S)
-        except (TimeoutError, asyncio.CancelledError):
+        except BaseException as exc:
+            # Too slow, or our caller is being cancelled: end the call here; a cancel still propagates.
             self._call.cancel()  # type: ignore[no-untyped-call]
             self._lease.cancel()
-        except Exception:
-            pass
+            if not isinstance(exc, TimeoutError):
+                raise
 
 
 class RayGateway:
@@ -198,10 +199,8 @@ class RayGateway:
                 break
             logger.info("replica %s refused: %s", admission.replica_id, admission.refusal, extra=log)
             if time.monotonic() >= deadline:
-                break
+                raise NoCapacity(model_id)
         else:
-            raise NoCapacity(model_id)
-        if not admission.admitted:
             raise NoCapacity(model_id)
         assert admission.channel is not None
         try:
