@@ -9,8 +9,9 @@ same BatchedEngine + ClockedRunner (80 ms clock) and the same paced clients:
   followed by 3 skipped frames and sent at a random point of its 80 ms, so it is the only frame in flight
   and meets the engine's clock at a random phase: its latency is the time from sending it to the first
   output that arrives after it. Engine-only: push into the slot → frame callback
-  on the loop. Service: `input_audio_buffer.append` on a WebSocket → proxy → ingress → inbox actor →
-  model replica → tick → streaming call → ingress → `response.output_audio.delta`. The service only sends
+  on the loop. Service: `input_audio_buffer.append` on a WebSocket → front (HAProxy, or Serve's proxy with
+  `--front proxy`) → ingress → frame channel → model replica → tick → frame channel → ingress →
+  `response.output_audio.delta`. The service only sends
   audio inside a response, so probes that fall between Moshi's utterances get no output (counted as
   `unanswered`). The 80 ms clock adds 0–80 ms (uniform) of waiting to both sides alike, so compare means
   and percentiles over many probes.
