@@ -22,6 +22,7 @@ from ray.serve import Deployment
 from deployments.metrics import ModelMetrics
 from deployments.wire import Admission, LeaseEnd
 from serve_app.config import ModelConfig
+from serve_app.engine.capacity import AdmissionGate
 
 if TYPE_CHECKING:
     from serve_app.engine.runner import ClockedRunner, TickStats
@@ -53,6 +54,7 @@ class ModelReplica:
         self._port: ReplicaPort = ReplicaPort(
             self._runner, self._replica_id, ray.get_runtime_context().get_node_id()
         )
+        self._gate = AdmissionGate(self._runner.capacity)
         # Same-node ingresses use the Unix socket; TCP (on the node's address) serves the other nodes.
         host = os.environ.get(CHANNEL_HOST_ENV) or ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         self._address: ChannelAddress = await self._port.start(host, int(os.environ.get(CHANNEL_PORT_ENV, 0)))
@@ -75,7 +77,7 @@ class ModelReplica:
 
         log = {**self._log, "session_id": session_id}
         try:
-            lease = self._port.lease(session_id)
+            lease = await self._gate.admit(lambda: self._port.lease(session_id))
         except NoFreeSlot as exc:
             self._metrics.admissions_refused.inc()
             logger.info("session refused: %s", exc, extra=log)

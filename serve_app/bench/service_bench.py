@@ -18,12 +18,15 @@ same BatchedEngine + ClockedRunner (80 ms clock) and the same paced clients:
 - Capacity ramp. N sessions stream without gaps for a few seconds; the frame deficit is frames sent minus
   frames the engine produced for them 0.5 s after the last send (service: counted at the ingress), less
   the one frame every session's start swallows. The largest N with zero deficit is the real-time capacity.
+- Order. Ray and the service start first; then each load N runs engine-only and at once through the
+  service, so both sides of a ratio see the same minutes of the machine and the same idle Ray processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +35,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,43 +265,63 @@ def deficit_row(n: int, sent: Sequence[int], produced: Sequence[int]) -> dict[st
     }
 
 
-async def measure(
-    configure: Callable[[int], Awaitable[Callable[[int, float, bool], Awaitable[list[SessionRun]]]]],
-    produced: Callable[[list[SessionRun]], Awaitable[list[int]]],
-    args: argparse.Namespace,
-    label: str,
-    cpu: Callable[[], dict[str, float]] | None = None,
-) -> dict[str, Any]:
-    """For each load N (latency runs and ramp steps), an engine of N slots: a tick costs the same for every
-    slot it holds, so a replica sized far above its load would be measured slower than it need be."""
-    latency: list[dict[str, Any]] = []
-    ramp: list[dict[str, Any]] = []
-    for n in sorted({*args.sessions, *args.ramp}):
-        ramping = n in args.ramp and not (len(ramp) >= 2 and all(r["deficit_total"] > 0 for r in ramp[-2:]))
+SessionsFn = Callable[[int, float, bool], Awaitable[list[SessionRun]]]
+
+
+@dataclass
+class Side:
+    """One way of serving the same paced sessions (engine-only or the whole service) and what it measured."""
+
+    label: str
+    configure: Callable[[int], Awaitable[SessionsFn]]
+    """An engine (or a replica) of N slots: a tick costs the same for every slot it holds, so one sized far
+    above its load would be measured slower than it need be."""
+    produced: Callable[[list[SessionRun]], Awaitable[list[int]]]
+    cpu: Callable[[], dict[str, float]] | None = None
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    ramp: list[dict[str, Any]] = field(default_factory=list)
+
+    def past_capacity(self) -> bool:
+        """Two ramp steps past capacity already: the rest only takes longer."""
+        return len(self.ramp) >= 2 and all(r["deficit_total"] > 0 for r in self.ramp[-2:])
+
+    async def measure(self, n: int, args: argparse.Namespace) -> None:
+        ramping = n in args.ramp and not self.past_capacity()
         if n not in args.sessions and not ramping:
-            continue  # two ramp steps past capacity already: the rest only takes longer
-        sessions = await configure(n)
+            return
+        sessions = await self.configure(n)
         if n in args.sessions:
-            latency.append(latency_row(n, await sessions(n, args.seconds, True)))
-            logger.info("%s latency %s", label, latency[-1])
+            self.latency.append(latency_row(n, await sessions(n, args.seconds, True)))
+            logger.info("%s latency %s", self.label, self.latency[-1])
         if ramping:
-            before = cpu() if cpu else {}
+            before = self.cpu() if self.cpu else {}
             runs = await sessions(n, args.ramp_seconds, False)
-            after = cpu() if cpu else {}
-            frames = await produced(runs)
-            ramp.append(deficit_row(n, [r.sent for r in runs], frames))
-            if cpu:
-                ramp[-1]["cpu_ms_per_frame"] = per_frame_ms(before, after, sum(frames))
-            logger.info("%s ramp %s", label, ramp[-1])
-    capacity = 0
-    for row in ramp:
-        if row["deficit_total"] > 0:
-            break
-        capacity = row["sessions"]
-    return {"latency": latency, "ramp": ramp, "realtime_sessions": capacity}
+            after = self.cpu() if self.cpu else {}
+            frames = await self.produced(runs)
+            self.ramp.append(deficit_row(n, [r.sent for r in runs], frames))
+            if self.cpu:
+                self.ramp[-1]["cpu_ms_per_frame"] = per_frame_ms(before, after, sum(frames))
+            logger.info("%s ramp %s", self.label, self.ramp[-1])
+
+    def result(self) -> dict[str, Any]:
+        capacity = 0
+        for row in self.ramp:
+            if row["deficit_total"] > 0:
+                break
+            capacity = row["sessions"]
+        return {"latency": self.latency, "ramp": self.ramp, "realtime_sessions": capacity}
 
 
-async def run_engine_only(args: argparse.Namespace) -> dict[str, Any]:
+async def measure(sides: Sequence[Side], args: argparse.Namespace) -> None:
+    """Each load on every side back to back, so that both sides of a comparison see the same minutes of a
+    machine whose speed drifts (a shared VM's engine-only capacity moved from 20 to 12 between two runs)."""
+    for n in sorted({*args.sessions, *args.ramp}):
+        for side in sides:
+            await side.measure(n, args)
+
+
+@contextlib.asynccontextmanager
+async def engine_only_side() -> AsyncIterator[Side]:
     model = load_model(ModelSpec(tiny_seed=1))
     current: list[tuple[BatchedEngine, ClockedRunner]] = []
 
@@ -308,7 +331,7 @@ async def run_engine_only(args: argparse.Namespace) -> dict[str, Any]:
             runner.stop()
             engine.close()
 
-    async def configure(slots: int) -> Callable[[int, float, bool], Awaitable[list[SessionRun]]]:
+    async def configure(slots: int) -> SessionsFn:
         release()
         engine = BatchedEngine(model, slots=slots, sampling=SamplingParams())
         engine.warmup()
@@ -325,25 +348,27 @@ async def run_engine_only(args: argparse.Namespace) -> dict[str, Any]:
         return [len(r.arrivals) for r in runs]
 
     try:
-        return await measure(configure, produced, args, "engine-only")
+        yield Side("engine-only", configure, produced)
     finally:
         release()
 
 
-def run_service(args: argparse.Namespace) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def service_side(args: argparse.Namespace) -> AsyncIterator[Side]:
     import ray
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.run import apply_front, deploy, wait_healthy
+    from serve_app.run import apply_ray_environment, deploy, wait_healthy
 
-    apply_front(args.front)
+    apply_ray_environment(args.front)
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     port = free_port()
     url = f"ws://127.0.0.1:{port}/v1/realtime?model={MODEL_ID}"
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, namespace="serve", log_to_driver=False)
+    engine: list[EngineThread] = []
 
-    async def configure(slots: int) -> Callable[[int, float, bool], Awaitable[list[SessionRun]]]:
+    async def configure(slots: int) -> SessionsFn:
         # A fresh app per size: the model replica's slots are fixed at construction.
         if "bench" in serve.status().applications:
             await asyncio.to_thread(serve.delete, "bench")
@@ -367,16 +392,22 @@ def run_service(args: argparse.Namespace) -> dict[str, Any]:
         served: dict[str, dict[str, int]] = await ingress.session_replicas.remote()
         return [sum(served.get(r.session_id, {}).values()) for r in runs]
 
-    engine: list[EngineThread] = []
-
     def cpu() -> dict[str, float]:
         return snapshot("RealtimeIngress", MODEL_ID, engine[0] if engine else None)
 
     try:
-        return asyncio.run(measure(configure, produced, args, "service", cpu))
+        yield Side("service", configure, produced, cpu)
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+
+
+async def run_both(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(engine-only, service). Ray starts first, so the engine-only side runs beside the same idle Ray
+    processes that the service's measurement has."""
+    async with service_side(args) as service, engine_only_side() as engine_only:
+        await measure([engine_only, service], args)
+        return engine_only.result(), service.result()
 
 
 def added(engine: dict[str, Any], service: dict[str, Any]) -> list[dict[str, Any]]:
@@ -458,8 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "slots": "= sessions (one engine sized to each load)",
         "probe": {"cycle_frames": PROBE_CYCLE, "gap_frames": GAP},
     }
-    result["engine_only"] = asyncio.run(run_engine_only(args))
-    result["service"] = run_service(args)
+    result["engine_only"], result["service"] = asyncio.run(run_both(args))
     result["added_latency"] = added(result["engine_only"], result["service"])
     result["seconds"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -3,15 +3,20 @@
 A tick steps the whole batch, so its cost barely depends on how many slots are active; what grows with
 load is contention (other replicas, the ingress, the transport on the same cores). So the judgement is
 empirical: recent busy ticks against a share of the 80 ms period, plus the per-session slope of tick
-time seen across recent loads, which is what one more session is expected to add.
+time seen across recent loads, which is what one more session is expected to add; and sessions already
+behind (input queued past due) mean no room. Admissions are paced: after one, the next waits for a few
+ticks that include it (`AdmissionGate`), so a burst of arrivals is judged one session at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,6 +29,15 @@ WINDOW_TICKS = 50
 """Recent busy ticks considered (4 s at one tick per 80 ms)."""
 STALE_AFTER_S = 2.0
 """Ticks older than this say nothing about now (the replica idled, or its neighbours' load changed)."""
+EVIDENCE_TICKS = 3
+"""Busy ticks a replica runs after admitting a session before it judges the next one. Sessions that arrive
+together would otherwise all be admitted on evidence from before any of them (docs/ARCHITECTURE.md,
+"Capacity")."""
+EVIDENCE_WAIT_S = 1.0
+"""The longest an admission waits for that evidence; then it is judged on what there is."""
+MAX_ADMIT_LAG_S = 2 * PERIOD_S
+"""A replica whose oldest queued frame is further past due than this is behind: it admits no one.
+(Up to one period is normal: a frame arriving just after a tick waits for the next.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +53,10 @@ class CapacityReport:
     capacity: int
     """Sessions the replica expects to hold in real time (≤ slots_total)."""
     admitting: bool
+    lag_s: float = 0.0
+    """How far the oldest queued input frame of any session is past due."""
+    settling: bool = False
+    """A session was admitted and its ticks are not yet measured: the next admission should wait."""
 
 
 class TickBudget:
@@ -61,6 +79,7 @@ class TickBudget:
         self._lock = threading.Lock()
         self._ticks: deque[tuple[float, float, int]] = deque(maxlen=window)
         """(monotonic time, duration, active sessions) of recent busy ticks."""
+        self._admitted_at = float("-inf")
 
     @property
     def budget_s(self) -> float:
@@ -72,22 +91,35 @@ class TickBudget:
             with self._lock:
                 self._ticks.append((at, duration_s, active))
 
+    def admitted(self, now: float | None = None) -> None:
+        """A session was just admitted: judge the next one on ticks that include it."""
+        with self._lock:
+            self._admitted_at = time.monotonic() if now is None else now
+
     def reset(self) -> None:
         """Forget the past (e.g. once the replica went idle: its contention then is not today's)."""
         with self._lock:
             self._ticks.clear()
 
-    def report(self, slots_used: int, now: float | None = None) -> CapacityReport:
+    def report(self, slots_used: int, lag_s: float = 0.0, now: float | None = None) -> CapacityReport:
         at = time.monotonic() if now is None else now
         with self._lock:
             while self._ticks and self._ticks[0][0] < at - STALE_AFTER_S:
                 self._ticks.popleft()
             ticks = [(d, n) for _, d, n in self._ticks]
+            evidence = sum(1 for t, _, _ in self._ticks if t > self._admitted_at)
+            since_admission = at - self._admitted_at
+        free = slots_used < self._slots
+        settling = (
+            self._enforced
+            and slots_used > 0
+            and free
+            and evidence < EVIDENCE_TICKS
+            and since_admission < EVIDENCE_WAIT_S
+        )
         if not ticks:
             # Nothing measured under load yet: free slots are all we know.
-            return CapacityReport(
-                self._slots, slots_used, 0.0, 0.0, 0.0, self._slots, slots_used < self._slots
-            )
+            return CapacityReport(self._slots, slots_used, 0.0, 0.0, 0.0, self._slots, free, lag_s, settling)
         durations = np.array([d for d, _ in ticks])
         loads = np.array([n for _, n in ticks], dtype=float)
         p50, p90 = (float(v) for v in np.percentile(durations, [50, 90]))
@@ -102,6 +134,30 @@ class TickBudget:
         capacity = max(0, min(self._slots, capacity))
         # An empty replica admits: the ticks it remembers were paid for by sessions that have left, and
         # a deployment must not refuse everyone forever on old evidence (the lag limit still guards it).
-        fits = p90 + slope <= self._budget_s
-        admitting = slots_used < self._slots and (not self._enforced or slots_used == 0 or fits)
-        return CapacityReport(self._slots, slots_used, p50, p90, slope, capacity, admitting)
+        fits = p90 + slope <= self._budget_s and lag_s <= MAX_ADMIT_LAG_S
+        admitting = free and (not self._enforced or slots_used == 0 or fits)
+        return CapacityReport(self._slots, slots_used, p50, p90, slope, capacity, admitting, lag_s, settling)
+
+
+T = TypeVar("T")
+
+
+class AdmissionGate:
+    """One admission at a time per replica, each after the ticks that measure the one before.
+
+    `admit(open_slot)` waits (at most `EVIDENCE_WAIT_S`) while the last admitted session is not yet in the
+    ticks, then calls `open_slot`, which judges the budget and raises if there is no room. Asyncio only.
+    """
+
+    def __init__(self, report: Callable[[], CapacityReport], *, poll_s: float = PERIOD_S / 4) -> None:
+        self._report = report
+        self._poll_s = poll_s
+        self._lock = asyncio.Lock()
+
+    async def admit(self, open_slot: Callable[[], T]) -> T:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + EVIDENCE_WAIT_S
+            while self._report().settling and loop.time() < deadline:
+                await asyncio.sleep(self._poll_s)
+            return open_slot()

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from serve_app.constants import FRAME_MS
 from serve_app.engine.batch import BatchedEngine
-from serve_app.engine.capacity import CapacityReport, TickBudget
+from serve_app.engine.capacity import MAX_ADMIT_LAG_S, CapacityReport, TickBudget
 from serve_app.engine.errors import FellBehind, TickBudgetFull, TickFailed
 from serve_app.engine.port import EngineFrame
 
@@ -153,7 +153,8 @@ class ClockedRunner:
         self._tick_listeners.append(listener)
 
     def capacity(self) -> CapacityReport:
-        return self.budget.report(self.slots_used)
+        lag = max(self._engine.lateness().values(), default=0.0)
+        return self.budget.report(self.slots_used, lag_s=max(0.0, lag))
 
     def open_slot(
         self, on_frame: FrameCallback, on_error: ErrorCallback | None = None, *, check_budget: bool = False
@@ -164,11 +165,14 @@ class ClockedRunner:
         if check_budget:
             report = self.capacity()
             if not report.admitting and report.slots_used < report.slots_total:
+                behind = report.lag_s > MAX_ADMIT_LAG_S
                 raise TickBudgetFull(
                     f"recent ticks take {1000 * report.tick_p90_s:.1f} ms (p90) of a "
                     f"{1000 * self.budget.budget_s:.0f} ms budget with {report.slots_used} sessions"
+                    + (f", input {1000 * report.lag_s:.0f} ms behind" if behind else "")
                 )
         slot = self._engine.open_slot()
+        self.budget.admitted()
         with self._lock:
             self._registrations[slot] = _Registration(on_frame, on_error)
         self._wake.set()

@@ -29,7 +29,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the generated checkpoint changes, so cached copies are rebuilt."""
 
 LM_NAME = "model.safetensors"
@@ -88,8 +88,19 @@ def tiny_mimi_config() -> dict[str, Any]:
 def build_tiny_checkpoint(directory: Path, seed: int) -> Path:
     """Write a complete checkpoint directory (same layout as a real Moshi repo) and return it.
 
-    Deterministic in `seed`; different seeds give different weights and tokenizers.
+    Deterministic in `seed`, on any machine: built on one torch thread, since the calibration runs the LM
+    and a matmul split over more threads rounds differently. Different seeds give different weights and
+    tokenizers.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build(directory, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(directory: Path, seed: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / TOKENIZER_NAME).write_bytes(train_tokenizer(seed))
     lm_cfg = tiny_lm_config()

@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from serve_app.config import AppConfig
 from serve_app.engine.asyncio_slot import AsyncSlot
+from serve_app.engine.capacity import AdmissionGate
 from serve_app.engine.errors import FellBehind, NoFreeSlot, SlotEnded
 from serve_app.engine.port import EngineFrame
 from serve_app.engine.runner import ClockedRunner
@@ -54,6 +55,7 @@ class LocalGateway:
 
     def __init__(self, runners: Mapping[str, ClockedRunner]) -> None:
         self._runners = dict(runners)
+        self._gates = {mid: AdmissionGate(runner.capacity) for mid, runner in self._runners.items()}
 
     def model_ids(self) -> list[str]:
         return list(self._runners)
@@ -71,7 +73,8 @@ class LocalGateway:
         if runner is None:
             raise ModelNotFound(model_id)
         try:
-            stream = LocalSlotStream(AsyncSlot.open(runner, check_budget=True))
+            slot = await self._gates[model_id].admit(lambda: AsyncSlot.open(runner, check_budget=True))
+            stream = LocalSlotStream(slot)
         except NoFreeSlot as exc:
             raise NoCapacity(model_id) from exc
         logger.info(

@@ -100,7 +100,7 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exports() -> None:
 
 
 def test_cluster_starts_ray_with_the_front_that_make_serve_uses() -> None:
-    from serve_app.run import front_environment
+    from serve_app.run import ray_environment
 
     cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     starts = [
@@ -110,5 +110,5 @@ def test_cluster_starts_ray_with_the_front_that_make_serve_uses() -> None:
     ]
     assert len(starts) == 2
     for command in starts:
-        for name, value in front_environment("haproxy").items():
+        for name, value in ray_environment("haproxy").items():
             assert f"{name}={value} " in command, (name, command)

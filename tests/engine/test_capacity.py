@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import numpy as np
 import pytest
 
-from serve_app.engine.capacity import STALE_AFTER_S, TickBudget
+from serve_app.engine.capacity import (
+    EVIDENCE_TICKS,
+    EVIDENCE_WAIT_S,
+    MAX_ADMIT_LAG_S,
+    STALE_AFTER_S,
+    AdmissionGate,
+    TickBudget,
+)
+from serve_app.engine.errors import NoFreeSlot
 
 PERIOD = 0.08
 
@@ -75,3 +86,74 @@ def test_not_enforced_reports_but_admits_on_slots() -> None:
 def test_fraction_is_validated() -> None:
     with pytest.raises(ValueError):
         TickBudget(4, admit_fraction=0.0)
+
+
+def test_an_admission_settles_after_ticks_that_include_it() -> None:
+    budget = TickBudget(4)
+    budget.admitted(now=1.0)
+    assert not budget.report(0, now=1.0).settling  # an empty replica admits at once
+    assert budget.report(1, now=1.0).settling
+    for k in range(1, EVIDENCE_TICKS + 1):
+        assert budget.report(1, now=1.0 + k * PERIOD).settling
+        budget.record(0.01, active=1, now=1.0 + k * PERIOD)
+    assert not budget.report(1, now=1.0 + 4 * PERIOD).settling
+    assert not budget.report(4, now=1.0).settling  # full: nothing to wait for
+
+
+def test_settling_gives_up_when_no_ticks_come() -> None:
+    budget = TickBudget(4)
+    budget.admitted(now=1.0)
+    assert not budget.report(1, now=1.0 + EVIDENCE_WAIT_S).settling
+    assert not TickBudget(4, admit_fraction=None).report(1, now=0.0).settling  # not enforced: no pacing
+
+
+def test_sessions_behind_schedule_leave_no_room() -> None:
+    budget = TickBudget(8, admit_fraction=0.5)
+    for i in range(10):
+        budget.record(0.01, active=2, now=i * PERIOD)
+    assert budget.report(2, lag_s=MAX_ADMIT_LAG_S, now=10 * PERIOD).admitting
+    report = budget.report(2, lag_s=MAX_ADMIT_LAG_S + 0.01, now=10 * PERIOD)
+    assert not report.admitting and report.lag_s > MAX_ADMIT_LAG_S
+
+
+async def test_the_gate_admits_a_burst_one_session_at_a_time_after_its_ticks() -> None:
+    """Three concurrent admissions: each after EVIDENCE_TICKS ticks that include the one before."""
+    budget = TickBudget(4)
+    sessions = 0
+    admitted_at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def open_slot() -> int:
+        nonlocal sessions
+        sessions += 1
+        budget.admitted()
+        admitted_at.append(loop.time())
+        return sessions
+
+    async def clock() -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            budget.record(0.001, active=max(1, sessions))
+
+    gate = AdmissionGate(lambda: budget.report(sessions), poll_s=0.002)
+    ticking = asyncio.create_task(clock())
+    try:
+        slots = await asyncio.gather(*(gate.admit(open_slot) for _ in range(3)))
+    finally:
+        ticking.cancel()
+    assert sorted(slots) == [1, 2, 3]
+    gaps = np.diff(admitted_at)
+    assert (gaps >= (EVIDENCE_TICKS - 1) * 0.01).all(), gaps
+
+
+async def test_the_gate_passes_refusals_through() -> None:
+    budget = TickBudget(1)
+    gate = AdmissionGate(lambda: budget.report(1))
+
+    def full() -> int:
+        raise NoFreeSlot("all 1 slots are in use")
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(NoFreeSlot):
+        await gate.admit(full)
+    assert asyncio.get_running_loop().time() - started < 0.05  # a full replica refuses without waiting

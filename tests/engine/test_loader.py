@@ -11,7 +11,14 @@ from safetensors.torch import load_file
 
 from serve_app.engine.loader import CheckpointError, LoadedModel, load_model
 from serve_app.engine.spec import ModelSpec
-from serve_app.engine.tiny import LM_NAME, MIMI_CONFIG_NAME, MIMI_NAME, TEXT_PADDING_ID, TOKENIZER_NAME
+from serve_app.engine.tiny import (
+    FORMAT_VERSION,
+    LM_NAME,
+    MIMI_CONFIG_NAME,
+    MIMI_NAME,
+    TEXT_PADDING_ID,
+    TOKENIZER_NAME,
+)
 from tests.engine.support import TINY_SEED
 
 
@@ -34,7 +41,7 @@ def test_local_dir_round_trip(tiny_dir: Path, tiny_model: LoadedModel) -> None:
 def test_tiny_seed_spec_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOSHI_REALTIME_CACHE", str(tmp_path))
     model = load_model(ModelSpec(tiny_seed=TINY_SEED, dtype="bfloat16"))
-    cached = tmp_path / "tiny" / f"seed-{TINY_SEED}-v1"
+    cached = tmp_path / "tiny" / f"seed-{TINY_SEED}-v{FORMAT_VERSION}"
     assert cached.is_dir()
     assert model.dtype == torch.bfloat16 and model.lm.text_emb.weight.dtype == torch.bfloat16
 

@@ -133,3 +133,15 @@ def test_speaks_in_bursts_with_default_sampling(tiny_model: LoadedModel) -> None
         assert sum(1 for flag, n in runs[slot] if flag and n >= 8) >= 1, runs[slot]
         assert 0.15 < np.mean(speaking[slot]) < 0.9, runs[slot]
     assert any(text.startswith(" ") for text in texts)  # word boundaries come through as spaces
+
+
+def test_the_checkpoint_does_not_depend_on_the_thread_count(tiny_dir: Path, tmp_path: Path) -> None:
+    """A 1-thread replica and a many-thread test process must build the same embedded default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        other = build_tiny_checkpoint(tmp_path / "threads", TINY_SEED)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    assert _tensors_equal(load_file(tiny_dir / LM_NAME), load_file(other / LM_NAME))

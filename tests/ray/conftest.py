@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.run import apply_front, deploy, wait_healthy
+from serve_app.run import apply_ray_environment, deploy, wait_healthy
 from tests.fixtures.net import free_port
 
 APP = "realtime-test"
@@ -31,7 +31,7 @@ os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.
 os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
 # What `make serve` runs: HAProxy in front of the ingress replicas (on free ports, so a server running
 # beside the suite is unaffected), with a short direct-ingress drain so teardown and rescaling are fast.
-apply_front("haproxy")
+apply_ray_environment("haproxy")
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
 
 

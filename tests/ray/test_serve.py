@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -163,6 +164,13 @@ def test_healthz_and_models(cluster: Cluster) -> None:
     assert httpx.get(f"{cluster.http_base}/healthz").status_code == 200
     models = httpx.get(f"{cluster.http_base}/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["moshi-sft", "moshi-base", SLOW]
+
+
+async def test_model_replicas_run_at_the_default_process_priority(cluster: Cluster) -> None:
+    """Ray would start them at nice 15, where any ordinary process on the node preempts the engine clock."""
+    pid, tid = await serve.get_deployment_handle("moshi-base", APP).engine_thread.remote()
+    assert tid is not None
+    assert (os.getpriority(os.PRIO_PROCESS, pid), os.getpriority(os.PRIO_PROCESS, tid)) == (0, 0)
 
 
 async def test_upscale_never_moves_a_live_session(cluster: Cluster) -> None:
