@@ -65,7 +65,9 @@ class ModelReplica:
     def _start_runner(self) -> ClockedRunner:
         from serve_app.engine.startup import start_runner
 
-        return start_runner(**self._config.runner_options(), on_tick=self._ticks.append)
+        # `slots: auto` on a CPU sizes the engine to this replica's share of a core.
+        share = ray.get_runtime_context().get_assigned_resources().get("CPU")  # type: ignore[no-untyped-call]
+        return start_runner(**self._config.runner_options(), on_tick=self._ticks.append, cpu_share=share)
 
     async def session_stream(self, session_id: str) -> AsyncIterator[Admission | LeaseEnd]:
         """The session's lease: admit it into a slot, yield the admission, hold until the lease ends.

@@ -6,7 +6,8 @@ Two checks against any `/v1/realtime` endpoint (e.g. `make serve`):
   `--seconds`). Per session: admitted or refused (and how fast), audio deltas received, and how many
   arrived after its input stopped (a real-time session has at most the frames in flight: a few).
 - `sdk`: P official-`openai`-SDK conversations, each its own process, spread over the models: each must
-  complete a response or be refused at once; none may hang.
+  complete a response or be refused at once; none may hang. The processes import first and connect
+  together `--warmup-s` later (the server is measured, not six Python start-ups on the same cores).
 
 `python -m serve_app.bench.paced_check raw --url ws://127.0.0.1:8000/v1/realtime --models moshi-sft moshi-base
 moshi-pretrain --per-model 4` prints one JSON line per session and a summary.
@@ -116,11 +117,19 @@ async def run_raw(url: str, models: Sequence[str], per_model: int, seconds: floa
     return list(await asyncio.gather(*tasks))
 
 
-async def sdk_conversation(base_url: str, model: str, seconds: float) -> dict[str, Any]:
-    """One official-SDK conversation: stream paced audio until a response completes (or `seconds` pass)."""
+async def sdk_conversation(
+    base_url: str, model: str, seconds: float, start_at: float | None = None
+) -> dict[str, Any]:
+    """One official-SDK conversation: stream paced audio until a response completes (or `seconds` pass).
+
+    `start_at` (epoch seconds): connect then, after the imports, so that processes started together meet
+    the server together instead of while the others still import (seconds of CPU each on a small machine).
+    """
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(api_key="unused", websocket_base_url=base_url)
+    if start_at is not None:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
     started = time.monotonic()
     result: dict[str, Any] = {"model": model, "outcome": "hung"}
     async with client.realtime.connect(model=model) as conn:
@@ -160,7 +169,10 @@ async def sdk_conversation(base_url: str, model: str, seconds: float) -> dict[st
     return result
 
 
-def run_sdk(base_url: str, models: Sequence[str], processes: int, seconds: float) -> list[dict[str, Any]]:
+def run_sdk(
+    base_url: str, models: Sequence[str], processes: int, seconds: float, warmup_s: float
+) -> list[dict[str, Any]]:
+    start_at = time.time() + warmup_s
     procs = [
         subprocess.Popen(
             [
@@ -174,6 +186,8 @@ def run_sdk(base_url: str, models: Sequence[str], processes: int, seconds: float
                 models[i % len(models)],
                 "--seconds",
                 str(seconds),
+                "--start-at",
+                str(start_at),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -183,7 +197,7 @@ def run_sdk(base_url: str, models: Sequence[str], processes: int, seconds: float
     results = []
     for proc in procs:
         try:
-            out, _ = proc.communicate(timeout=seconds + 60)
+            out, _ = proc.communicate(timeout=warmup_s + seconds + 60)
             results.append(json.loads(out.strip().splitlines()[-1]))
         except (subprocess.TimeoutExpired, ValueError, IndexError):
             proc.kill()
@@ -200,9 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sdk = sub.add_parser("sdk", help="P official-SDK conversations, one process each")
     sdk.add_argument("--base-url", default="ws://127.0.0.1:8000/v1")
     sdk.add_argument("--processes", type=int, default=6)
+    sdk.add_argument(
+        "--warmup-s", type=float, default=10.0, help="time for the processes to import before they connect"
+    )
     one = sub.add_parser("one-sdk", help="(internal) one SDK conversation, prints its JSON outcome")
     one.add_argument("--base-url", default="ws://127.0.0.1:8000/v1")
     one.add_argument("--model", default="moshi-sft")
+    one.add_argument("--start-at", type=float, default=None, help="epoch seconds to connect at")
     for p in (raw, sdk):
         p.add_argument("--models", nargs="+", default=["moshi-sft", "moshi-base", "moshi-pretrain"])
     for p in (raw, sdk, one):
@@ -210,10 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.mode == "one-sdk":
-        print(json.dumps(asyncio.run(sdk_conversation(args.base_url, args.model, args.seconds))))
+        outcome = asyncio.run(sdk_conversation(args.base_url, args.model, args.seconds, args.start_at))
+        print(json.dumps(outcome))
         return 0
     if args.mode == "sdk":
-        results = run_sdk(args.base_url, args.models, args.processes, args.seconds)
+        results = run_sdk(args.base_url, args.models, args.processes, args.seconds, args.warmup_s)
         for r in results:
             print(json.dumps(r))
         ok = all(

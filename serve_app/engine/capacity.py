@@ -30,9 +30,10 @@ WINDOW_TICKS = 50
 STALE_AFTER_S = 2.0
 """Ticks older than this say nothing about now (the replica idled, or its neighbours' load changed)."""
 EVIDENCE_TICKS = 3
-"""Busy ticks a replica runs after admitting a session before it judges the next one. Sessions that arrive
-together would otherwise all be admitted on evidence from before any of them (docs/ARCHITECTURE.md,
-"Capacity")."""
+"""Busy ticks that measure a step of admissions before the next step. Sessions that arrive together would
+otherwise all be admitted on evidence from before any of them (docs/ARCHITECTURE.md, "Capacity"). Steps
+double, like TCP's slow start: with k sessions measured, up to k more are admitted before new evidence
+(1, 1, 2, 4, 8, …), so a burst of 16 on an idle replica is judged in five steps, not sixteen."""
 EVIDENCE_WAIT_S = 1.0
 """The longest an admission waits for that evidence; then it is judged on what there is."""
 MAX_ADMIT_LAG_S = 2 * PERIOD_S
@@ -79,7 +80,11 @@ class TickBudget:
         self._lock = threading.Lock()
         self._ticks: deque[tuple[float, float, int]] = deque(maxlen=window)
         """(monotonic time, duration, active sessions) of recent busy ticks."""
-        self._admitted_at = float("-inf")
+        self._step_started = float("-inf")
+        """When the current step of admissions began (its first admission)."""
+        self._step_base = 0
+        """Sessions held before the step: what the evidence before it measured."""
+        self._step_admitted = 0
 
     @property
     def budget_s(self) -> float:
@@ -91,10 +96,18 @@ class TickBudget:
             with self._lock:
                 self._ticks.append((at, duration_s, active))
 
-    def admitted(self, now: float | None = None) -> None:
-        """A session was just admitted: judge the next one on ticks that include it."""
+    def admitted(self, held_before: int, now: float | None = None) -> None:
+        """A session was just admitted to a replica that held `held_before`."""
+        at = time.monotonic() if now is None else now
         with self._lock:
-            self._admitted_at = time.monotonic() if now is None else now
+            if self._step_measured(at):
+                self._step_started, self._step_base, self._step_admitted = at, held_before, 1
+            else:
+                self._step_admitted += 1
+
+    def _step_measured(self, at: float) -> bool:
+        evidence = sum(1 for t, _, _ in self._ticks if t > self._step_started)
+        return evidence >= EVIDENCE_TICKS or at - self._step_started >= EVIDENCE_WAIT_S
 
     def reset(self) -> None:
         """Forget the past (e.g. once the replica went idle: its contention then is not today's)."""
@@ -107,16 +120,10 @@ class TickBudget:
             while self._ticks and self._ticks[0][0] < at - STALE_AFTER_S:
                 self._ticks.popleft()
             ticks = [(d, n) for _, d, n in self._ticks]
-            evidence = sum(1 for t, _, _ in self._ticks if t > self._admitted_at)
-            since_admission = at - self._admitted_at
+            step_full = self._step_admitted >= max(1, self._step_base)
+            settling = step_full and not self._step_measured(at)
         free = slots_used < self._slots
-        settling = (
-            self._enforced
-            and slots_used > 0
-            and free
-            and evidence < EVIDENCE_TICKS
-            and since_admission < EVIDENCE_WAIT_S
-        )
+        settling = settling and self._enforced and slots_used > 0 and free
         if not ticks:
             # Nothing measured under load yet: free slots are all we know.
             return CapacityReport(self._slots, slots_used, 0.0, 0.0, 0.0, self._slots, free, lag_s, settling)
@@ -143,10 +150,11 @@ T = TypeVar("T")
 
 
 class AdmissionGate:
-    """One admission at a time per replica, each after the ticks that measure the one before.
+    """One admission at a time per replica, and each step of admissions after ticks that measure the last.
 
-    `admit(open_slot)` waits (at most `EVIDENCE_WAIT_S`) while the last admitted session is not yet in the
-    ticks, then calls `open_slot`, which judges the budget and raises if there is no room. Asyncio only.
+    `admit(open_slot)` waits (at most `EVIDENCE_WAIT_S`) while the budget is `settling` (the current step
+    is full and not yet measured), then calls `open_slot`, which judges the budget and raises if there is
+    no room. Asyncio only.
     """
 
     def __init__(self, report: Callable[[], CapacityReport], *, poll_s: float = PERIOD_S / 4) -> None:

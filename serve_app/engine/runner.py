@@ -171,8 +171,9 @@ class ClockedRunner:
                     f"{1000 * self.budget.budget_s:.0f} ms budget with {report.slots_used} sessions"
                     + (f", input {1000 * report.lag_s:.0f} ms behind" if behind else "")
                 )
+        held = self.slots_used
         slot = self._engine.open_slot()
-        self.budget.admitted()
+        self.budget.admitted(held)
         with self._lock:
             self._registrations[slot] = _Registration(on_frame, on_error)
         self._wake.set()

@@ -283,6 +283,18 @@ def measure_tick_s(model: LoadedModel, slots: int, sampling: SamplingParams, tic
     return statistics.median(durations)
 
 
+def tick_budget_s(budget_fraction: float, device: torch.device, cpu_share: float | None = None) -> float:
+    """Seconds a full tick may take for "auto" sizing: `budget_fraction` of the 80 ms frame, and on a CPU
+    only the replica's share of a core of it (Ray's `num_cpus`, ≤ 1): replicas given half a core each
+    step their engines side by side on the same cores, so each may use only its half of the time."""
+    if not 0 < budget_fraction <= 1:
+        raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction}")
+    budget = budget_fraction * FRAME_MS / 1000
+    if device.type == "cpu" and cpu_share is not None and cpu_share > 0:
+        budget *= min(1.0, cpu_share)
+    return budget
+
+
 def resolve_slots(
     model: LoadedModel,
     requested: int | Literal["auto"],
@@ -292,15 +304,15 @@ def resolve_slots(
     *,
     model_id: str | None = None,
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+    cpu_share: float | None = None,
 ) -> int:
     """The slot count to build the engine with: memory bound first, then for "auto" the tick-time bound.
 
     A fixed count is only checked against memory (SlotsDoNotFit if it cannot fit). "auto" takes the largest
-    count that fits in memory (at most `max_slots`) and whose full tick stays within `budget_fraction` of
-    the 80 ms frame. Call once after loading, before building the replica's engine.
+    count that fits in memory (at most `max_slots`) and whose full tick stays within `tick_budget_s`.
+    Call once after loading, before building the replica's engine.
     """
-    if not 0 < budget_fraction <= 1:
-        raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction}")
+    budget_s = tick_budget_s(budget_fraction, model.device, cpu_share)
     who = model_id or model.source or "model"
     free = free_accelerator_bytes(model.device)
     per_slot = kv_cache_bytes_per_slot(model)
@@ -318,8 +330,6 @@ def resolve_slots(
         )
         return by_memory
 
-    budget_s = budget_fraction * FRAME_MS / 1000
-
     def measure(batch: int) -> float:
         try:
             return measure_tick_s(model, batch, sampling)
@@ -330,7 +340,7 @@ def resolve_slots(
     by_tick = slots_for_tick_time(measure, by_memory, budget_s)
     logger.info(
         "%s: slots auto -> %d (memory allows %d: %.3f GiB per slot, %s, %.0f%% reserve, max_slots %d; "
-        "tick-time bound %d at a %.1f ms budget = %.0f%% of %d ms)",
+        "tick-time bound %d at a %.1f ms budget = %.0f%% of %d ms, CPU share %s)",
         who,
         by_tick,
         by_memory,
@@ -342,5 +352,6 @@ def resolve_slots(
         budget_s * 1000,
         budget_fraction * 100,
         FRAME_MS,
+        "all" if cpu_share is None else cpu_share,
     )
     return by_tick

@@ -26,11 +26,12 @@ def start_runner(
     on_tick: Callable[[TickStats], None] | None = None,
     max_lag_s: float | None = DEFAULT_MAX_LAG_S,
     admit_fraction: float | None = DEFAULT_ADMIT_FRACTION,
+    cpu_share: float | None = None,
 ) -> ClockedRunner:
     """Blocking: seconds on CPU, minutes for the 7B model on a GPU. Raises CheckpointError for a bad
     checkpoint and SlotsDoNotFit when a fixed `slots` cannot fit the accelerator's memory."""
     model = load_model(spec)
-    count = resolve_slots(model, slots, max_slots, sampling)
+    count = resolve_slots(model, slots, max_slots, sampling, model_id=model_id or None, cpu_share=cpu_share)
     engine = BatchedEngine(model, slots=count, sampling=sampling)
     engine.warmup()
     runner = ClockedRunner(

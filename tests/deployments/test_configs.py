@@ -44,6 +44,8 @@ def test_local_yaml_is_the_embedded_default_on_cpu() -> None:
     assert {m.id: m.spec.tiny_seed for m in config.models} == EMBEDDED_MODELS
     for model in config.models:
         assert _deployments(schema)[model.id].ray_actor_options.num_gpus == 0
+        # Sized at load to the replica's share of the CPU, so a small machine holds what it can serve.
+        assert (model.slots, model.max_slots) == ("auto", 4)
 
 
 def test_production_yaml_uses_gpus_real_checkpoints_and_autoscaling() -> None:

@@ -90,7 +90,7 @@ def test_fraction_is_validated() -> None:
 
 def test_an_admission_settles_after_ticks_that_include_it() -> None:
     budget = TickBudget(4)
-    budget.admitted(now=1.0)
+    budget.admitted(0, now=1.0)
     assert not budget.report(0, now=1.0).settling  # an empty replica admits at once
     assert budget.report(1, now=1.0).settling
     for k in range(1, EVIDENCE_TICKS + 1):
@@ -100,9 +100,26 @@ def test_an_admission_settles_after_ticks_that_include_it() -> None:
     assert not budget.report(4, now=1.0).settling  # full: nothing to wait for
 
 
+def test_admission_steps_double_with_the_load_measured() -> None:
+    """1, 1, 2, 4: with k sessions measured, k more are admitted before the next evidence."""
+    budget = TickBudget(16)
+    now, held, steps = 0.0, 0, []
+    for _ in range(4):
+        step = 0
+        while not budget.report(held, now=now).settling:
+            budget.admitted(held, now=now)
+            held, step = held + 1, step + 1
+        steps.append(step)
+        for _ in range(EVIDENCE_TICKS):
+            now += PERIOD
+            budget.record(0.01, active=held, now=now)
+        now += 0.001
+    assert steps == [1, 1, 2, 4]
+
+
 def test_settling_gives_up_when_no_ticks_come() -> None:
     budget = TickBudget(4)
-    budget.admitted(now=1.0)
+    budget.admitted(0, now=1.0)
     assert not budget.report(1, now=1.0 + EVIDENCE_WAIT_S).settling
     assert not TickBudget(4, admit_fraction=None).report(1, now=0.0).settling  # not enforced: no pacing
 
@@ -116,19 +133,20 @@ def test_sessions_behind_schedule_leave_no_room() -> None:
     assert not report.admitting and report.lag_s > MAX_ADMIT_LAG_S
 
 
-async def test_the_gate_admits_a_burst_one_session_at_a_time_after_its_ticks() -> None:
-    """Three concurrent admissions: each after EVIDENCE_TICKS ticks that include the one before."""
-    budget = TickBudget(4)
+async def test_the_gate_admits_a_burst_in_steps_after_their_ticks() -> None:
+    """Four concurrent admissions on an idle replica: steps of 1, 1 and 2, each after EVIDENCE_TICKS
+    ticks that include the step before; the two of the last step at once."""
+    budget = TickBudget(8)
     sessions = 0
     admitted_at: list[float] = []
     loop = asyncio.get_running_loop()
 
     def open_slot() -> int:
         nonlocal sessions
+        budget.admitted(sessions)
         sessions += 1
-        budget.admitted()
         admitted_at.append(loop.time())
-        return sessions
+        return sessions - 1
 
     async def clock() -> None:
         while True:
@@ -138,12 +156,12 @@ async def test_the_gate_admits_a_burst_one_session_at_a_time_after_its_ticks() -
     gate = AdmissionGate(lambda: budget.report(sessions), poll_s=0.002)
     ticking = asyncio.create_task(clock())
     try:
-        slots = await asyncio.gather(*(gate.admit(open_slot) for _ in range(3)))
+        slots = await asyncio.gather(*(gate.admit(open_slot) for _ in range(4)))
     finally:
         ticking.cancel()
-    assert sorted(slots) == [1, 2, 3]
+    assert sorted(slots) == [0, 1, 2, 3]
     gaps = np.diff(admitted_at)
-    assert (gaps >= (EVIDENCE_TICKS - 1) * 0.01).all(), gaps
+    assert (gaps[:2] >= (EVIDENCE_TICKS - 1) * 0.01).all() and gaps[2] < 0.005, gaps
 
 
 async def test_the_gate_passes_refusals_through() -> None:

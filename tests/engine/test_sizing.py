@@ -26,6 +26,7 @@ from serve_app.engine.sizing import (
     slot_state_bytes,
     slots_for_memory,
     slots_for_tick_time,
+    tick_budget_s,
 )
 from serve_app.engine.spec import ModelSpec, SamplingParams
 
@@ -183,6 +184,22 @@ def test_measure_tick_times_full_ticks_and_frees_the_model(tiny_model: LoadedMod
     assert 0 < seconds < 5
     with BatchedEngine(tiny_model, slots=1, sampling=SamplingParams()):
         pass  # the measuring engine was closed: the model streams again
+
+
+def test_a_cpu_replica_sizes_to_its_share_of_a_core() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert tick_budget_s(0.6, cpu) == pytest.approx(0.048)
+    assert tick_budget_s(0.6, cpu, cpu_share=0.5) == pytest.approx(0.024)
+    assert tick_budget_s(0.6, cpu, cpu_share=4) == pytest.approx(0.048)  # one tick uses one core's time
+    assert tick_budget_s(0.6, gpu, cpu_share=0.5) == pytest.approx(0.048)  # a GPU's tick is not CPU time
+    with pytest.raises(ValueError):
+        tick_budget_s(0.0, cpu)
+
+
+def test_a_smaller_share_never_sizes_a_replica_larger(tiny_model: LoadedModel) -> None:
+    whole = resolve_slots(tiny_model, "auto", 4, SamplingParams())
+    quarter = resolve_slots(tiny_model, "auto", 4, SamplingParams(), cpu_share=0.25)
+    assert 1 <= quarter <= whole <= 4
 
 
 def test_resolve_slots_on_cpu(tiny_model: LoadedModel) -> None:
