@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.constants import FRAME_MS
 from serve_app.engine.spec import ModelSpec, SamplingParams
 from serve_app.session.settings import SessionSettings
 
@@ -97,6 +98,26 @@ class ServerSettings(BaseModel):
     """The ingress refuses new sessions (`server_at_capacity`) while its event loop ran callbacks this
     late in the last 2 s (more than twice): every session on that loop would be late too. null disables
     the check."""
+
+    allowed_origins: tuple[str, ...] = ()
+    """When non-empty, a socket whose `Origin` header (browsers send one) is not listed is refused with
+    `origin_not_allowed` (close 1008), so other web pages cannot use a visitor's network position; clients
+    that send no Origin (SDKs, servers) are not affected. Exact matches, e.g. "https://app.example.com"."""
+
+    max_sessions_per_key: int | None = Field(default=16, ge=1)
+    """Concurrent sessions one API key may hold on this ingress replica (`too_many_sessions`, close 1008);
+    applies when API keys are configured. null: no cap."""
+
+    send_queue_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    """Server events a socket may have waiting to be sent, in bytes (docs/ARCHITECTURE.md, "Limits")."""
+
+    send_queue_audio_ms: int = Field(default=5000, ge=FRAME_MS)
+    """… and in audio deltas (80 ms each): past either bound the client is not reading, and its session
+    ends with `client_too_slow`."""
+
+    send_timeout_s: float = Field(default=5.0, gt=0)
+    """Longest a single send may wait for the client's socket to drain before the session ends the same
+    way."""
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -93,6 +93,21 @@ def app_configs(schema: ServeDeploySchema) -> list[AppConfig]:
     ]
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(schema: ServeDeploySchema, configs: list[AppConfig]) -> str | None:
+    """A loud sentence when the server listens beyond loopback and a socket needs no API key."""
+    host = schema.http_options.host if schema.http_options else None
+    if host in LOOPBACK or all(c.server.effective_api_keys() for c in configs):
+        return None
+    return (
+        f"the realtime endpoint listens on {host or 'every interface'} WITHOUT API keys: anyone who can "
+        "reach it can use the models. Set server.api_keys or REALTIME_API_KEYS, or bind 127.0.0.1 "
+        "(docs/SECURITY.md)."
+    )
+
+
 def deploy(schema: ServeDeploySchema) -> None:
     """Start Serve on the connected Ray instance and submit the config, as `serve run <yaml>` does."""
     client = serve_api.serve_start(
@@ -164,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     schema = load_deploy_config(args.config, args.host, args.port)
     configs = app_configs(schema)
+    if warning := exposure_warning(schema, configs):
+        logger.warning("SECURITY: %s", warning)
 
     stop = threading.Event()
 

@@ -33,6 +33,11 @@ ERRORS: Final = MappingProxyType(
         ),
         "invalid_audio": ErrorSpec(CLIENT_ERROR, "Invalid audio: {detail}"),
         "invalid_session_update": ErrorSpec(CLIENT_ERROR, "Invalid session.update: {detail}"),
+        "message_too_large": ErrorSpec(
+            CLIENT_ERROR,
+            "The message is {size} bytes; this server accepts at most {limit} bytes per message. It was "
+            "dropped; send audio in smaller chunks.",
+        ),
         # Events that are well-formed but not possible now.
         "invalid_state": ErrorSpec(CLIENT_ERROR, "{detail}"),
         "input_audio_buffer_commit_empty": ErrorSpec(
@@ -96,6 +101,25 @@ ERRORS: Final = MappingProxyType(
             "Reconnect to start a new session.",
         ),
         "server_error": ErrorSpec(SERVER_ERROR, "The server had an error while processing this session."),
+        # Session limits (the session or the socket shell ends the session with these).
+        "session_expired": ErrorSpec(
+            CLIENT_ERROR, "Your session hit the maximum duration of {limit_s} seconds. Reconnect to go on."
+        ),
+        "idle_timeout": ErrorSpec(
+            CLIENT_ERROR, "No client event arrived for {limit_s} seconds, so the session was closed."
+        ),
+        "client_too_slow": ErrorSpec(
+            CLIENT_ERROR,
+            "The client stopped reading: server events waited longer than the server buffers for this "
+            "socket, so the session was closed. Read events as they arrive.",
+        ),
+        "origin_not_allowed": ErrorSpec(
+            CLIENT_ERROR, "This server does not accept realtime sessions from the page's origin."
+        ),
+        "too_many_sessions": ErrorSpec(
+            CLIENT_ERROR,
+            "This API key already has the most concurrent sessions this server allows. Close one first.",
+        ),
     }
 )
 

@@ -21,8 +21,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from serve_app.config import AppConfig
 from serve_app.protocol.dialect import api_key_from_handshake, detect_dialect, select_subprotocol
 from serve_app.server.gateway import GatewayError, ModelGateway, SlotStream
+from serve_app.server.key_sessions import KeySessions
 from serve_app.server.loop_lag import LoopLag
 from serve_app.server.observer import NullObserver, SessionObserver
+from serve_app.server.send_queue import ClientTooSlow, SendQueue
 from serve_app.session.outbox import OutgoingEvent
 from serve_app.session.session import RealtimeSession
 
@@ -37,7 +39,14 @@ _CLOSE_FOR_CODE = {
     "model_not_found": WS_1008_POLICY_VIOLATION,
     "server_at_capacity": WS_1013_TRY_AGAIN_LATER,
     "session_fell_behind": WS_1013_TRY_AGAIN_LATER,
+    "too_many_sessions": WS_1008_POLICY_VIOLATION,
+    "origin_not_allowed": WS_1008_POLICY_VIOLATION,
+    "client_too_slow": WS_1008_POLICY_VIOLATION,
+    "session_expired": WS_1008_POLICY_VIOLATION,
+    "idle_timeout": WS_1008_POLICY_VIOLATION,
 }
+CLOSE_TIMEOUT_S = 1.0
+"""How long closing a socket may wait for it to drain (a client that stopped reading never drains it)."""
 
 
 def build_realtime_app(
@@ -45,6 +54,7 @@ def build_realtime_app(
 ) -> Starlette:
     obs: SessionObserver = observer or NullObserver()
     loop_lag = LoopLag()
+    key_sessions = KeySessions(config.server.max_sessions_per_key)
 
     async def models(_: Request) -> JSONResponse:
         created = 0
@@ -70,7 +80,7 @@ def build_realtime_app(
 
     async def realtime(ws: WebSocket) -> None:
         loop_lag.ensure_running()
-        await _RealtimeConnection(ws, gateway, config, obs, loop_lag).run()
+        await _RealtimeConnection(ws, gateway, config, obs, loop_lag, key_sessions).run()
 
     routes = [
         WebSocketRoute("/v1/realtime", realtime),
@@ -86,10 +96,17 @@ class _RealtimeConnection:
     """Pumps one socket: client text → session → slot audio; slot frames → session → client text."""
 
     def __init__(
-        self, ws: WebSocket, gateway: ModelGateway, config: AppConfig, obs: SessionObserver, loop_lag: LoopLag
+        self,
+        ws: WebSocket,
+        gateway: ModelGateway,
+        config: AppConfig,
+        obs: SessionObserver,
+        loop_lag: LoopLag,
+        key_sessions: KeySessions,
     ) -> None:
         self.ws = ws
         self.loop_lag = loop_lag
+        self.key_sessions = key_sessions
         self.gateway = gateway
         self.config = config
         self.obs = obs
@@ -105,37 +122,47 @@ class _RealtimeConnection:
             dialect=detect_dialect(headers, self.subprotocols, config.server.dialect),
             settings=config.session,
         )
-        self.outbox: asyncio.Queue[OutgoingEvent | None] = asyncio.Queue()
+        server = config.server
+        self.outbox = SendQueue(max_bytes=server.send_queue_bytes, max_audio_ms=server.send_queue_audio_ms)
         self.stream: SlotStream | None = None
         self.first_input_at: float | None = None
+        self.sending_since: float | None = None
+        """When the send in progress started (None: none): a client that stops reading blocks it."""
         self.first_audio_seen = False
         self.log = {"session_id": self.session_id, "model": self.model_id}
 
     async def run(self) -> None:
         await self.ws.accept(subprotocol=select_subprotocol(self.subprotocols))
-        code = self._admission_error()
-        if code is None:
-            try:
-                self.stream = await self.gateway.open_session(self.model_id, self.session_id)
-            except GatewayError as exc:
-                code = exc.code
-        if code is not None:
-            await self._reject(code)
-            return
-        assert self.stream is not None
-        self.obs.session_started(self.model_id)
-        logger.info("session started", extra=self.log)
-        try:
-            await self._serve(self.stream)
-        finally:
-            await self.stream.close()
-            self.obs.session_ended(self.model_id)
-            logger.info("session ended", extra=self.log)
-
-    def _admission_error(self) -> str | None:
         keys = self.config.server.effective_api_keys()
-        if keys and api_key_from_handshake(self.headers, self.subprotocols, self.query) not in keys:
+        key = api_key_from_handshake(self.headers, self.subprotocols, self.query) if keys else None
+        with self.key_sessions.hold(key if key in keys else None) as allowed:
+            code = self._admission_error(keys, key, allowed)
+            if code is None:
+                try:
+                    self.stream = await self.gateway.open_session(self.model_id, self.session_id)
+                except GatewayError as exc:
+                    code = exc.code
+            if code is not None:
+                await self._reject(code)
+                return
+            assert self.stream is not None
+            self.obs.session_started(self.model_id)
+            logger.info("session started", extra=self.log)
+            try:
+                await self._serve(self.stream)
+            finally:
+                await self.stream.close()
+                self.obs.session_ended(self.model_id)
+                logger.info("session ended", extra=self.log)
+
+    def _admission_error(self, keys: frozenset[str], key: str | None, key_allowed: bool) -> str | None:
+        origins = self.config.server.allowed_origins
+        if origins and "origin" in self.headers and self.headers["origin"] not in origins:
+            return "origin_not_allowed"
+        if keys and key not in keys:
             return "invalid_api_key"
+        if not key_allowed:
+            return "too_many_sessions"
         if self.model_id not in self.gateway.model_ids():
             return "model_not_found"
         limit_ms = self.config.server.max_loop_lag_ms
@@ -150,7 +177,11 @@ class _RealtimeConnection:
         self.session.fail(code)
         for text in self.session.data_to_send():
             await self.ws.send_text(text)
-        await self.ws.close(code=_CLOSE_FOR_CODE.get(code, WS_1011_INTERNAL_ERROR))
+        await self._close(_CLOSE_FOR_CODE.get(code, WS_1011_INTERNAL_ERROR))
+
+    async def _close(self, code: int) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code=code), CLOSE_TIMEOUT_S)
 
     async def _serve(self, stream: SlotStream) -> None:
         self.session.connect()
@@ -162,11 +193,19 @@ class _RealtimeConnection:
             asyncio.create_task(self._tick_clock()),
         ]
         close_code = WS_1000_NORMAL_CLOSURE
+        too_slow = False
         try:
             done, _ = await asyncio.wait([*pumps, writer], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 exc = task.exception()
-                if isinstance(exc, GatewayError):
+                if isinstance(exc, ClientTooSlow):
+                    # Its error could only queue behind what it does not read: close at once.
+                    logger.warning("session failed: client_too_slow (%s)", exc, extra=self.log)
+                    self.obs.error_sent(self.model_id, "client_too_slow")
+                    self.session.fail("client_too_slow")
+                    too_slow = True
+                    close_code = WS_1008_POLICY_VIOLATION
+                elif isinstance(exc, GatewayError):
                     logger.warning("session failed: %s (%s)", exc.code, exc, extra=self.log)
                     self.session.fail(exc.code)
                     self._flush()
@@ -176,26 +215,36 @@ class _RealtimeConnection:
                     self.session.fail("server_error")
                     self._flush()
                     close_code = WS_1011_INTERNAL_ERROR
+            if self.session.failure is not None and close_code == WS_1000_NORMAL_CLOSURE:
+                # The session ended itself (a limit): its error is queued already.
+                logger.info("session ended: %s", self.session.failure, extra=self.log)
+                close_code = _CLOSE_FOR_CODE.get(self.session.failure, WS_1011_INTERNAL_ERROR)
         finally:
             self.session.close()
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
-            self.outbox.put_nowait(None)
-            with contextlib.suppress(Exception):
+            if too_slow:
+                writer.cancel()
+            else:
+                self.outbox.finish()
+            with contextlib.suppress(BaseException):
                 await asyncio.wait_for(writer, timeout=2.0)
-            with contextlib.suppress(Exception):
-                await self.ws.close(code=close_code)
+            await self._close(close_code)
 
     def _flush(self) -> None:
-        # Draining synchronously into one queue keeps the session's event order on the wire.
+        # Draining synchronously into one queue keeps the session's event order on the wire; a full
+        # queue raises ClientTooSlow out of the pump that produced the event.
         for event in self.session.events_to_send():
-            self.outbox.put_nowait(event)
+            self.outbox.put(event)
 
     async def _write(self) -> None:
         while (event := await self.outbox.get()) is not None:
             self._observe(event)
+            # Watched by the clock pump (a timeout per send would cost a task per message).
+            self.sending_since = time.monotonic()
             await self.ws.send_text(event.text)
+            self.sending_since = None
 
     def _observe(self, event: OutgoingEvent) -> None:
         if event.error_code is not None:
@@ -222,14 +271,24 @@ class _RealtimeConnection:
                     self.first_input_at = time.monotonic()
                 await stream.send_audio(pcm)
             self._flush()
+            if self.session.closed:
+                return
 
     async def _read_engine(self, stream: SlotStream) -> None:
         async for frame in stream.frames():
             self.session.receive_engine_frame(frame)
             self._flush()
+            if self.session.closed:
+                return
 
     async def _tick_clock(self) -> None:
+        timeout = self.config.server.send_timeout_s
         while True:
             await asyncio.sleep(self.config.server.clock_interval_s)
-            self.session.advance_clock(time.monotonic())
+            now = time.monotonic()
+            if self.sending_since is not None and now - self.sending_since > timeout:
+                raise ClientTooSlow(f"a send has waited {timeout:g} s for the socket to drain")
+            self.session.advance_clock(now)
             self._flush()
+            if self.session.closed:
+                return  # a limit ended it (session_expired, idle_timeout)

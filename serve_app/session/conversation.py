@@ -254,6 +254,17 @@ class Conversation:
         self._items.remove(item)
         del self._by_id[item_id]
 
+    def trim(self, max_items: int, *, keep: object = None) -> list[str]:
+        """Delete the oldest items beyond `max_items` (never `keep`); returns their ids, oldest first."""
+        removed: list[str] = []
+        for item in list(self._items):
+            if len(self._items) <= max_items:
+                break
+            if item is not keep:
+                self.delete(item.id)
+                removed.append(item.id)
+        return removed
+
     def audio_added(self) -> None:
         """Call after an item gained audio; the oldest items lose theirs first when over budget."""
         self._enforce_audio_budget()

@@ -72,9 +72,13 @@ class RealtimeSession:
         self.settings = settings
         self._state = SessionState.CONNECTING
         self._config = SessionConfig.initial(settings)
-        self._expires_at = int(
-            (time.time() if now_epoch_s is None else now_epoch_s) + settings.expires_after_s
-        )
+        self._expires_at = int((time.time() if now_epoch_s is None else now_epoch_s) + settings.max_session_s)
+        self._opened_s: float | None = None
+        """Monotonic time of the first clock tick: the session's duration counts from it."""
+        self._heard_s: float | None = None
+        """Monotonic time of the last clock tick that followed a client message (idle timeout)."""
+        self._heard = False
+        self._failure: str | None = None
         self._outbox = Outbox(dialect)
         self._engine_audio: list[npt.NDArray[np.float32]] = []
         # Input forwarded to Moshi vs frames it has stepped: the difference is the backlog it still owes.
@@ -131,6 +135,11 @@ class RealtimeSession:
         return self._conversation
 
     @property
+    def failure(self) -> str | None:
+        """The error code the session ended with (`fail`), None while open or after a plain close."""
+        return self._failure
+
+    @property
     def active_response_id(self) -> str | None:
         return None if self._response is None else self._response.id
 
@@ -155,13 +164,20 @@ class RealtimeSession:
         if self.closed:
             return
         require("receive a client event", self._state, SessionState.OPEN)
+        self._heard = True
+        if len(data) > self.settings.max_message_bytes:
+            # Not even parsed (that is what the limit saves): no event_id to echo.
+            self._client_error(
+                ClientError("message_too_large", size=len(data), limit=self.settings.max_message_bytes)
+            )
+            return
         event_id: str | None = None
         try:
             event = parse_client_event(self.dialect, data)
             event_id = getattr(event, "event_id", None)
             self._handlers[str(getattr(event, "type", ""))](event)
         except ClientError as exc:
-            exc.event_id = exc.event_id or event_id
+            exc.event_id = exc.event_id if exc.event_id is not None else event_id
             self._client_error(exc)
         except StateError as exc:
             error = ClientError("invalid_state", detail=str(exc))
@@ -207,6 +223,8 @@ class RealtimeSession:
         they never fire early; frames count too (response_wait_ms), whichever runs out first."""
         if self._state is not SessionState.OPEN:
             return
+        if self._ended_by_limits(now_s):
+            return
         response = self._response
         if response is None:
             return
@@ -227,12 +245,28 @@ class RealtimeSession:
             self._utterance = None
             self._finish(response, "incomplete")
 
-    def fail(self, code: str, message: str | None = None) -> None:
+    def _ended_by_limits(self, now_s: float) -> bool:
+        """Session duration and client idleness, judged on the clock's ticks."""
+        if self._opened_s is None:
+            self._opened_s = now_s
+        if self._heard or self._heard_s is None:
+            self._heard_s, self._heard = now_s, False
+        if now_s - self._opened_s >= self.settings.max_session_s:
+            self.fail("session_expired", limit_s=self.settings.max_session_s)
+            return True
+        idle = self.settings.idle_timeout_s
+        if idle is not None and now_s - self._heard_s >= idle:
+            self.fail("idle_timeout", limit_s=idle)
+            return True
+        return False
+
+    def fail(self, code: str, message: str | None = None, **fields: Any) -> None:
         """Queue a server-side `error` (session_lost, server_at_capacity, ...) and close the session.
         Legal before connect(): a rejected socket gets the error without session.created."""
         if self.closed:
             return
-        error_type, text = render(code) if message is None else (ERRORS[code].type, message)
+        self._failure = code
+        error_type, text = render(code, **fields) if message is None else (ERRORS[code].type, message)
         if self._response is not None:
             # Every response.created gets its response.done, even when the session ends under it.
             self._finish(self._response, "failed", error={"type": error_type, "code": code})
@@ -474,12 +508,12 @@ class RealtimeSession:
         fields = set() if params is None else params.model_fields_set
         modalities = getattr(p, "output_modalities", None) if "output_modalities" in fields else None
         if "modalities" in fields:
-            modalities = p.modalities
+            modalities = _checked_modalities(p.modalities, "response.modalities")
         output_format, voice = config.output_format, config.voice
         if "output_audio_format" in fields and p.output_audio_format is not None:
             output_format = AudioFormat(p.output_audio_format)
         if "voice" in fields and p.voice is not None:
-            voice = p.voice
+            voice = _checked_voice(p.voice, "response.voice")
         audio = getattr(p, "audio", None) if "audio" in fields else None
         audio_output = getattr(audio, "output", None)
         if audio_output is not None and audio_output.format is not None:
@@ -513,6 +547,7 @@ class RealtimeSession:
         item = AssistantItem(id=new_item_id(), audio_output=response.options.audio_output)
         previous_id = self._conversation.add(item)
         response.open_item(item, previous_id)
+        self._trim_conversation()
         logger.info(
             "Moshi started speaking", extra={**self._log, "response_id": response.id, "item_id": item.id}
         )
@@ -585,6 +620,13 @@ class RealtimeSession:
             self._emit({"type": "conversation.item.done", "previous_item_id": previous_id, "item": wire})
         else:
             self._emit({"type": "conversation.item.created", "previous_item_id": previous_id, "item": wire})
+        self._trim_conversation()
+
+    def _trim_conversation(self) -> None:
+        """Keep at most `max_items`: the oldest go first, never the item a response is streaming into."""
+        keep = self._response.item if self._response is not None else None
+        for item_id in self._conversation.trim(self.settings.max_items, keep=keep):
+            self._emit({"type": "conversation.item.deleted", "item_id": item_id})
 
     def _retrieved(self, item: Item) -> dict[str, Any]:
         """The item with its audio (in the session's wire format), as conversation.item.retrieved shows it."""
@@ -626,3 +668,22 @@ class RealtimeSession:
 
     def _emit(self, payload: dict[str, Any]) -> None:
         self._outbox.emit(payload)
+
+
+# A GA client may send the beta dialect's flat fields; the GA types keep them unvalidated, so check them here.
+
+
+def _checked_modalities(value: object, param: str) -> list[str]:
+    if not isinstance(value, list) or not all(m in ("audio", "text") for m in value):
+        raise ClientError(
+            "invalid_event", param=param, detail=f"Invalid '{param}': expected a list of 'audio', 'text'."
+        )
+    return value
+
+
+def _checked_voice(value: object, param: str) -> str | dict[str, str]:
+    if isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("id"), str)):
+        return value
+    raise ClientError(
+        "invalid_event", param=param, detail=f"Invalid '{param}': expected a voice name or {{'id': ...}}."
+    )

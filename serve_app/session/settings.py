@@ -48,5 +48,18 @@ class SessionSettings(BaseModel):
 
     default_turn_detection: Literal["server_vad", "semantic_vad"] | None = "server_vad"
 
-    expires_after_s: int = Field(default=3600, ge=1)
-    """Reported as session.expires_at; informational."""
+    max_session_s: int = Field(default=3600, ge=1)
+    """A session ends with `session_expired` this long after it opened (reported as session.expires_at)."""
+
+    idle_timeout_s: int | None = Field(default=300, ge=1)
+    """A session whose client sent nothing for this long ends with `idle_timeout` (None: never). A
+    full-duplex client streams audio all the time; silence this long is a client that is gone."""
+
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest client message accepted (8 MiB ≈ 87 s of base64 PCM16); a larger one is answered with
+    `message_too_large` and dropped, and the socket stays open. (The WebSocket layer itself closes with
+    1009 above 16 MiB.)"""
+
+    max_items: int = Field(default=500, ge=2)
+    """Conversation items kept; past it the oldest are deleted (with `conversation.item.deleted`), so a
+    long session's conversation stays bounded (Moshi's own context is its 4-minute KV window anyway)."""

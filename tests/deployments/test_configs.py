@@ -15,7 +15,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from deployments.metrics import PREFIX
 from serve_app.config import EMBEDDED_MODELS, load_config
-from serve_app.run import app_configs, load_deploy_config
+from serve_app.run import app_configs, exposure_warning, load_deploy_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,3 +114,14 @@ def test_cluster_starts_ray_with_the_front_that_make_serve_uses() -> None:
     for command in starts:
         for name, value in ray_environment("haproxy").items():
             assert f"{name}={value} " in command, (name, command)
+
+
+def test_binding_beyond_loopback_without_api_keys_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REALTIME_API_KEYS", raising=False)
+    local = load_deploy_config(ROOT / "configs" / "local.yaml")
+    assert exposure_warning(local, app_configs(local)) is None  # 127.0.0.1
+    public = load_deploy_config(ROOT / "configs" / "local.yaml", host="0.0.0.0")
+    warning = exposure_warning(public, app_configs(public))
+    assert warning is not None and "WITHOUT API keys" in warning and "0.0.0.0" in warning
+    monkeypatch.setenv("REALTIME_API_KEYS", "sk-1")
+    assert exposure_warning(public, app_configs(public)) is None

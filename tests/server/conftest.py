@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +48,13 @@ def local_server() -> Iterator[RunningServer]:
         session=SessionSettings(utterance_silence_ms=480),
         server={"api_keys": (), "max_loop_lag_ms": None},
     )
+    with serve_in_process(config) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_in_process(config: AppConfig) -> Iterator[RunningServer]:
+    """The app on uvicorn in a thread of this process, with a local gateway (no Ray)."""
     gateway = build_local_gateway(config)
     port = free_port()
     server = uvicorn.Server(
@@ -58,7 +66,9 @@ def local_server() -> Iterator[RunningServer]:
     while not server.started:
         assert time.monotonic() < deadline, "in-process server did not start"
         time.sleep(0.05)
-    yield RunningServer(f"127.0.0.1:{port}", gateway, config)
-    server.should_exit = True
-    thread.join(timeout=10)
-    gateway.stop()
+    try:
+        yield RunningServer(f"127.0.0.1:{port}", gateway, config)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        gateway.stop()
