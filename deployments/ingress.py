@@ -19,11 +19,15 @@ from deployments.metrics import IngressMetrics
 from deployments.ray_gateway import DEFAULT_ADMISSION_TIMEOUT_S, RayGateway
 from serve_app.config import AppConfig
 from serve_app.server.app import build_realtime_app
+from serve_app.server.keepalive import websocket_keepalive_defaults
 
 
 class RealtimeIngress:
     def __init__(self, config: dict[str, Any], models: Mapping[str, DeploymentHandle[Any]]) -> None:
         self._config = AppConfig.model_validate(config)
+        # Before Serve builds this replica's uvicorn server (it does so after this constructor).
+        server = self._config.server
+        websocket_keepalive_defaults(server.ping_interval_s, server.ping_timeout_s)
         self._app_name = serve.get_replica_context().app_name
         node_id = ray.get_runtime_context().get_node_id()
         self._gateway = RayGateway(models, node_id, deployment_status=self._running_models)

@@ -115,6 +115,13 @@ class ServerSettings(BaseModel):
     """… and in audio deltas (80 ms each): past either bound the client is not reading, and its session
     ends with `client_too_slow`."""
 
+    ping_interval_s: float = Field(default=4.0, gt=0)
+    """WebSocket keepalive ping interval. A client that stops reading stops answering pings too: its
+    socket is closed `ping_timeout_s` after the next ping (≤ 8 s by default), however much of its
+    audio the buffers between us and it still hold (serve_app/server/keepalive.py)."""
+
+    ping_timeout_s: float = Field(default=4.0, gt=0)
+
     send_timeout_s: float = Field(default=5.0, gt=0)
     """Longest a single send may wait for the client's socket to drain before the session ends the same
     way."""

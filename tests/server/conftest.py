@@ -58,7 +58,14 @@ def serve_in_process(config: AppConfig) -> Iterator[RunningServer]:
     gateway = build_local_gateway(config)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(build_realtime_app(gateway, config), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            build_realtime_app(gateway, config),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            ws_ping_interval=config.server.ping_interval_s,
+            ws_ping_timeout=config.server.ping_timeout_s,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -47,6 +47,8 @@ def tight_server() -> Iterator[RunningServer]:
             "send_queue_bytes": 256 * 1024,
             "send_queue_audio_ms": 800,
             "send_timeout_s": 1.0,
+            "ping_interval_s": 1.0,
+            "ping_timeout_s": 1.0,
         },
     )
     with serve_in_process(config) as server:
@@ -60,6 +62,14 @@ def url(server: RunningServer) -> str:
 def slots_used(server: RunningServer) -> int:
     used: int = server.gateway.status()["moshi-sft"]["local"]["slots_used"]
     return used
+
+
+async def until_idle(server: RunningServer) -> None:
+    """Closed sessions release their slot, then their key's count, after the close handshake."""
+    deadline = time.monotonic() + 10
+    while slots_used(server) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
 
 
 async def next_event(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
@@ -125,6 +135,26 @@ async def test_a_client_that_stops_reading_is_ended_and_its_slot_freed_while_ano
             slow.transport.abort()
 
 
+async def test_a_client_that_only_streams_audio_and_never_reads_is_ended_by_the_keepalive(
+    tight_server: RunningServer,
+) -> None:
+    """Moshi's answers alone take a minute to fill the socket buffers; the unanswered ping ends it first."""
+    slow = await websockets.connect(url(tight_server), additional_headers=AUTH, max_queue=1)
+    try:
+        assert (await next_event(slow))["type"] == "session.created"
+        assert slots_used(tight_server) == 1
+        started = time.monotonic()
+        speaking = asyncio.create_task(stream_speech(slow, 60.0, seed=4))  # never reads again
+        while slots_used(tight_server) == 1:
+            assert time.monotonic() - started < 10, "still holding the slot of a client not reading"
+            await asyncio.sleep(0.2)
+        assert time.monotonic() - started < 10
+        speaking.cancel()
+        await asyncio.gather(speaking, return_exceptions=True)
+    finally:
+        slow.transport.abort()
+
+
 async def test_an_idle_client_is_told_and_closed(tight_server: RunningServer) -> None:
     async with websockets.connect(url(tight_server), additional_headers=AUTH) as ws:
         assert (await next_event(ws))["type"] == "session.created"
@@ -138,6 +168,7 @@ async def test_an_idle_client_is_told_and_closed(tight_server: RunningServer) ->
 
 
 async def test_one_key_holds_at_most_its_concurrent_sessions(tight_server: RunningServer) -> None:
+    await until_idle(tight_server)
     first = await websockets.connect(url(tight_server), additional_headers=AUTH)
     second = await websockets.connect(url(tight_server), additional_headers=AUTH)
     try:
@@ -154,9 +185,11 @@ async def test_one_key_holds_at_most_its_concurrent_sessions(tight_server: Runni
     async with websockets.connect(url(tight_server), additional_headers=AUTH) as again:
         assert (await next_event(again))["type"] == "session.created"  # the key's count went down
     await second.close()
+    await until_idle(tight_server)
 
 
 async def test_browsers_from_other_origins_are_refused(tight_server: RunningServer) -> None:
+    await until_idle(tight_server)
     async with websockets.connect(
         url(tight_server),
         additional_headers=AUTH,
