@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from deployments.metrics import IngressMetrics
 from deployments.ray_gateway import DEFAULT_ADMISSION_TIMEOUT_S, RayGateway
 from serve_app.config import AppConfig
+from serve_app.heap import freeze_heap
 from serve_app.server.app import build_realtime_app
 from serve_app.server.keepalive import websocket_keepalive_defaults
 
@@ -32,6 +33,7 @@ class RealtimeIngress:
         node_id = ray.get_runtime_context().get_node_id()
         self._gateway = RayGateway(models, node_id, deployment_status=self._running_models)
         self._metrics = IngressMetrics(self._gateway.model_ids())
+        freeze_heap()  # Ray, Starlette and the SDK's event types: out of the collector's full passes
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """`serve deploy` can change these in place (no restart, live sessions untouched)."""

@@ -56,6 +56,7 @@ from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.loader import load_model
 from serve_app.engine.runner import ClockedRunner
 from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.heap import freeze_heap
 from serve_app.protocol.codecs import encode_base64, float_to_pcm16, pcm16_to_bytes
 
 logger = logging.getLogger("service_bench")
@@ -323,6 +324,7 @@ async def measure(sides: Sequence[Side], args: argparse.Namespace) -> None:
 @contextlib.asynccontextmanager
 async def engine_only_side() -> AsyncIterator[Side]:
     model = load_model(ModelSpec(tiny_seed=1))
+    freeze_heap()  # as the model replica does (start_runner)
     current: list[tuple[BatchedEngine, ClockedRunner]] = []
 
     def release() -> None:

@@ -12,6 +12,7 @@ from serve_app.engine.loader import load_model
 from serve_app.engine.runner import DEFAULT_MAX_LAG_S, ClockedRunner, TickStats
 from serve_app.engine.sizing import resolve_slots
 from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.heap import freeze_heap
 
 logger = logging.getLogger(__name__)
 
@@ -41,5 +42,6 @@ def start_runner(
         budget=TickBudget(count, admit_fraction=admit_fraction),
     )
     runner.start()
+    freeze_heap()
     logger.info("model ready", extra={"model": model_id, "slots": count})
     return runner
