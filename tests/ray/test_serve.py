@@ -457,3 +457,34 @@ def test_metrics_are_exported(cluster: Cluster) -> None:
     ]
     assert slots_total and all(float(ln.rsplit(" ", 1)[1]) == SLOTS for ln in slots_total)
     assert re.search(r'ray_moshi_realtime_tick_duration_seconds_count\{[^}]*model="moshi-sft"', text)
+
+
+async def test_killed_ingress_drops_its_sockets_frees_their_slots_and_comes_back(cluster: Cluster) -> None:
+    """Last in the file: the ingress replica dies under live sessions. Its sockets close at once (no process
+    is left to send an error), the model replicas free the slots of the dropped frame channel, and once
+    Serve's replacement ingress is routed, every slot admits a new session."""
+    cluster.wait_running("moshi-base", 2, timeout_s=120)
+    capacity = 2 * SLOTS
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await admitted_session(stack, cluster, "moshi-base", speak_s=60, seed=40 + i, within_s=60)
+            for i in range(capacity)
+        ]
+        await wait_frames(cluster, sessions, {}, timeout=30)
+        (name,) = [
+            actor["name"]
+            for actor in ray.util.list_named_actors(all_namespaces=True)  # type: ignore[no-untyped-call]
+            if f"{APP}#RealtimeIngress#" in actor["name"]
+        ]
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        for session in sessions:
+            await asyncio.wait_for(session.closed.wait(), 5)
+            assert session.closed_at is not None and session.closed_at - killed_at < 2.0
+    async with contextlib.AsyncExitStack() as stack:
+        fresh = [
+            await admitted_session(stack, cluster, "moshi-base", speak_s=20, seed=50 + i, within_s=120)
+            for i in range(capacity)
+        ]
+        await wait_frames(cluster, fresh, {}, timeout=30)
+        assert all(not s.errors() for s in fresh)
