@@ -4,8 +4,9 @@ A tick steps the whole batch, so its cost barely depends on how many slots are a
 load is contention (other replicas, the ingress, the transport on the same cores). So the judgement is
 empirical: recent busy ticks against a share of the 80 ms period, plus the per-session slope of tick
 time seen across recent loads, which is what one more session is expected to add; and sessions already
-behind (input queued past due) mean no room. Admissions are paced: after one, the next waits for a few
-ticks that include it (`AdmissionGate`), so a burst of arrivals is judged one session at a time.
+behind (input queued past due) mean no room. Admissions are paced (`AdmissionGate`): one at a time, in
+doubling steps, each step measured by a few ticks before the next, so a burst of arrivals is judged on
+ticks that include its first members.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class CapacityReport:
     lag_s: float = 0.0
     """How far the oldest queued input frame of any session is past due."""
     settling: bool = False
-    """A session was admitted and its ticks are not yet measured: the next admission should wait."""
+    """The current step of admissions is full and not yet measured: the next admission should wait."""
 
 
 class TickBudget:

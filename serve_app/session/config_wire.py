@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from openai.types import realtime as ga
+from openai.types.beta.realtime import response_create_event as beta_response
 from openai.types.beta.realtime import session_update_event as beta_update
 from pydantic import BaseModel, ValidationError
 
@@ -57,12 +58,36 @@ def apply_session_update(dialect: Dialect, config: SessionConfig, session: BaseM
     return _read_beta(config, session)
 
 
-def _validate(model: type[BaseModel], data: JsonObject) -> BaseModel:
+_GA_RESPONSE_ONLY_KEYS = ("audio", "output_modalities", "max_output_tokens")
+_BETA_RESPONSE_ONLY_KEYS = (
+    "modalities",
+    "voice",
+    "output_audio_format",
+    "temperature",
+    "max_response_output_tokens",
+)
+
+
+def borrowed_response_params(dialect: Dialect, params: BaseModel) -> BaseModel | None:
+    """A `response.create`'s fields in the other dialect's shape (the SDK types keep them as unvalidated
+    extras), validated by that dialect's SDK type, as `apply_session_update` does for sessions."""
+    foreign = params.model_extra or {}
+    keys = _BETA_RESPONSE_ONLY_KEYS if dialect is Dialect.GA else _GA_RESPONSE_ONLY_KEYS
+    borrowed = {key: foreign[key] for key in keys if key in foreign}
+    if not borrowed:
+        return None
+    model = beta_response.Response if dialect is Dialect.GA else ga.RealtimeResponseCreateParams
+    return _validate(model, borrowed, code="invalid_event", prefix="response")
+
+
+def _validate(
+    model: type[BaseModel], data: JsonObject, *, code: str = "invalid_session_update", prefix: str = "session"
+) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         param, message = explain(model, data, exc)
-        raise ClientError("invalid_session_update", param=f"session.{param}", detail=message) from None
+        raise ClientError(code, param=f"{prefix}.{param}", detail=message) from None
 
 
 def _dump(value: Any) -> Any:

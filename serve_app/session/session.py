@@ -29,7 +29,12 @@ from serve_app.protocol.dialect import Dialect
 from serve_app.protocol.errors import ERRORS, ClientError, error_payload, render
 from serve_app.protocol.ids import new_conversation_id, new_item_id, new_response_id
 from serve_app.session.config import SessionConfig
-from serve_app.session.config_wire import apply_session_update, format_from_ga, session_object
+from serve_app.session.config_wire import (
+    apply_session_update,
+    borrowed_response_params,
+    format_from_ga,
+    session_object,
+)
 from serve_app.session.conversation import AssistantItem, ClientItem, Conversation, Item, UserAudioItem
 from serve_app.session.input_buffer import InputBuffer
 from serve_app.session.outbox import Outbox, OutgoingEvent
@@ -502,26 +507,36 @@ class RealtimeSession:
     # Responses ----------------------------------------------------------------------------------
 
     def _response_options(self, params: BaseModel | None) -> ResponseOptions:
-        """Session defaults, overridden by what response.create asked for where Moshi can honour it."""
+        """Session defaults, overridden by what response.create asked for where Moshi can honour it (in
+        either dialect's shape: the other dialect's fields are validated by its own SDK type)."""
         config = self._config
-        p: Any = params
-        fields = set() if params is None else params.model_fields_set
-        modalities = getattr(p, "output_modalities", None) if "output_modalities" in fields else None
-        if "modalities" in fields:
-            modalities = _checked_modalities(p.modalities, "response.modalities")
+        sources = [] if params is None else [params, borrowed_response_params(self.dialect, params)]
+
+        def given(name: str) -> Any:
+            for source in sources:
+                if (
+                    source is not None
+                    and name in type(source).model_fields
+                    and name in source.model_fields_set
+                ):
+                    return getattr(source, name)
+            return None
+
+        modalities = given("modalities")
+        if modalities is None:
+            modalities = given("output_modalities")
         output_format, voice = config.output_format, config.voice
-        if "output_audio_format" in fields and p.output_audio_format is not None:
-            output_format = AudioFormat(p.output_audio_format)
-        if "voice" in fields and p.voice is not None:
-            voice = _checked_voice(p.voice, "response.voice")
-        audio = getattr(p, "audio", None) if "audio" in fields else None
-        audio_output = getattr(audio, "output", None)
+        if given("output_audio_format") is not None:
+            output_format = AudioFormat(given("output_audio_format"))
+        if given("voice") is not None:
+            voice = given("voice")
+        audio_output = getattr(given("audio"), "output", None)
         if audio_output is not None and audio_output.format is not None:
             output_format = format_from_ga(audio_output.format, param="response.audio.output.format")
         if audio_output is not None and audio_output.voice is not None:
             voice = audio_output.voice
-        max_tokens = getattr(p, "max_output_tokens", None) or getattr(p, "max_response_output_tokens", None)
-        temperature = getattr(p, "temperature", None)
+        max_tokens = given("max_output_tokens") or given("max_response_output_tokens")
+        temperature = given("temperature")
         return ResponseOptions(
             conversation_id=self._conversation.id,
             audio_output=config.audio_output if modalities is None else "audio" in modalities,
@@ -529,7 +544,7 @@ class RealtimeSession:
             voice=voice,
             temperature=config.temperature if temperature is None else temperature,
             max_output_tokens=config.max_output_tokens if max_tokens is None else max_tokens,
-            metadata=getattr(p, "metadata", None),
+            metadata=given("metadata"),
         )
 
     def _new_response(self, options: ResponseOptions) -> Response:
@@ -668,22 +683,3 @@ class RealtimeSession:
 
     def _emit(self, payload: dict[str, Any]) -> None:
         self._outbox.emit(payload)
-
-
-# A GA client may send the beta dialect's flat fields; the GA types keep them unvalidated, so check them here.
-
-
-def _checked_modalities(value: object, param: str) -> list[str]:
-    if not isinstance(value, list) or not all(m in ("audio", "text") for m in value):
-        raise ClientError(
-            "invalid_event", param=param, detail=f"Invalid '{param}': expected a list of 'audio', 'text'."
-        )
-    return value
-
-
-def _checked_voice(value: object, param: str) -> str | dict[str, str]:
-    if isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("id"), str)):
-        return value
-    raise ClientError(
-        "invalid_event", param=param, detail=f"Invalid '{param}': expected a voice name or {{'id': ...}}."
-    )
