@@ -32,6 +32,10 @@ class AudioDecoder:
         self.format = audio_format
         self._upsampler = Upsampler()
 
+    def duration_ms(self, audio_b64: str) -> float:
+        """The payload's audio length, judged before any decoding work."""
+        return self.format.base64_duration_ms(audio_b64)
+
     def decode(self, audio_b64: str) -> npt.NDArray[np.float32]:
         data = decode_base64(audio_b64)
         if self.format is AudioFormat.PCM16:

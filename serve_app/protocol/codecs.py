@@ -40,6 +40,11 @@ class AudioFormat(StrEnum):
     def bytes_per_sample(self) -> int:
         return 2 if self is AudioFormat.PCM16 else 1
 
+    def base64_duration_ms(self, text: str) -> float:
+        """Audio length of a base64 payload of this format, from its size alone (before decoding)."""
+        size = len(text) * 3 // 4 - text.endswith("=") - text.endswith("==")
+        return max(0, size) / self.bytes_per_sample * 1000 / self.sample_rate
+
 
 class AudioError(ValueError):
     """Client audio that cannot be decoded; the message is meant for the client."""

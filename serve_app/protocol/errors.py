@@ -50,6 +50,11 @@ ERRORS: Final = MappingProxyType(
             "Input audio is arriving faster than real time: {backlog_ms}ms are already waiting for the "
             "model (limit {limit_ms}ms). This chunk was not accepted; send audio at real-time pace.",
         ),
+        "input_audio_rate_exceeded": ErrorSpec(
+            CLIENT_ERROR,
+            "Input audio is arriving at more than {rate:g}x real time (after a burst of {burst_ms}ms). This "
+            "chunk of {chunk_ms:.0f}ms was not accepted; send audio at real-time pace.",
+        ),
         "response_cancel_not_active": ErrorSpec(
             CLIENT_ERROR, "Cancellation failed: no active response found"
         ),

@@ -28,6 +28,7 @@ from serve_app.protocol.codecs import AudioError, AudioFormat, decode_base64, pc
 from serve_app.protocol.dialect import Dialect
 from serve_app.protocol.errors import ERRORS, ClientError, error_payload, render
 from serve_app.protocol.ids import new_conversation_id, new_item_id, new_response_id
+from serve_app.session.append_rate import AppendRate
 from serve_app.session.config import SessionConfig
 from serve_app.session.config_wire import (
     apply_session_update,
@@ -92,6 +93,7 @@ class RealtimeSession:
         self._transcriptions: list[TranscriptionRequest] = []
         self._decoder = AudioDecoder(self._config.input_format)
         self._buffer = InputBuffer(max_ms=settings.max_input_buffer_ms)
+        self._append_rate = AppendRate(settings.max_append_rate, settings.append_burst_ms)
         self._input_samples = 0
         self._conversation = Conversation(new_conversation_id(), retained_audio_ms=settings.retained_audio_ms)
         self._response: Response | None = None
@@ -230,6 +232,7 @@ class RealtimeSession:
             return
         if self._ended_by_limits(now_s):
             return
+        self._append_rate.refill(now_s)
         response = self._response
         if response is None:
             return
@@ -386,6 +389,15 @@ class RealtimeSession:
         )
 
     def _on_append(self, event: Any) -> None:
+        chunk_ms = self._decoder.duration_ms(event.audio)
+        if not self._append_rate.take(chunk_ms):
+            raise ClientError(
+                "input_audio_rate_exceeded",
+                param="audio",
+                rate=self.settings.max_append_rate,
+                burst_ms=self.settings.append_burst_ms,
+                chunk_ms=chunk_ms,
+            )
         try:
             pcm = self._decoder.decode(event.audio)
         except AudioError as exc:

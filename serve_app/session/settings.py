@@ -38,6 +38,15 @@ class SessionSettings(BaseModel):
     client sending faster than real time builds a backlog; past this, appends are refused with
     `input_audio_backlog_full` rather than queued without bound (60 s of float32 at 24 kHz is 5.8 MB)."""
 
+    max_append_rate: float | None = Field(default=4.0, ge=1.0)
+    """Input audio a client may append, as a multiple of real time (None: no limit), after a burst of
+    `append_burst_ms`. Judged on the encoded size before decoding, so a flooding client costs no decode
+    work; a refused append is answered with `input_audio_rate_exceeded` and dropped. Real-time streaming
+    (1×) and a recording sent at once (within the burst) both pass."""
+
+    append_burst_ms: int = Field(default=60_000, ge=FRAME_MS)
+    """How much audio may be appended at once beyond the rate (matches the input backlog bound)."""
+
     retained_audio_ms: int = Field(default=120_000, ge=0)
     """Audio kept on items for `conversation.item.retrieve`; the oldest items lose theirs first."""
 

@@ -199,3 +199,11 @@ def test_formats_know_their_wire_rates() -> None:
     assert AudioFormat.PCM16.sample_rate == 24000 and AudioFormat.PCM16.bytes_per_sample == 2
     assert AudioFormat.G711_ULAW.sample_rate == AudioFormat.G711_ALAW.sample_rate == 8000
     assert AudioFormat("g711_alaw").bytes_per_sample == 1
+
+
+@pytest.mark.parametrize("fmt", list(AudioFormat))
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 479, 480, 4801])
+def test_the_base64_duration_is_the_decoded_audio_length(fmt: AudioFormat, size: int) -> None:
+    text = base64.b64encode(bytes(size)).decode()
+    expected = size / fmt.bytes_per_sample * 1000 / fmt.sample_rate
+    assert fmt.base64_duration_ms(text) == pytest.approx(expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from serve_app.protocol.dialect import Dialect
@@ -81,3 +82,57 @@ def test_trimming_never_deletes_the_item_being_spoken(dialect: Dialect) -> None:
     for k in range(3):
         h.send({"type": "conversation.item.create", "item": user_text(f"t{k}")})
     assert spoken in h.session.conversation.ids and len(h.session.conversation) == 2
+
+
+def test_real_time_streaming_never_meets_the_append_rate(dialect: Dialect) -> None:
+    h = Harness(dialect, FAST.model_copy(update={"max_append_rate": 1.5, "append_burst_ms": 1000}))
+    h.clock(0.0)
+    for step in range(1, 601):  # 60 s of 100 ms chunks, each on its own clock tick
+        assert h.append(2400) == []
+        h.clock(step / 10)
+        h.frames(1, speaking=False)  # Moshi steps the input, so the backlog stays small
+    assert not h.session.closed
+
+
+def test_a_flood_of_appends_is_refused_before_decoding_and_allowed_again_as_the_rate_refills(
+    dialect: Dialect,
+) -> None:
+    h = Harness(dialect, FAST.model_copy(update={"max_append_rate": 2.0, "append_burst_ms": 1000}))
+    h.clock(0.0)
+    assert h.append(24_000) == []  # 1 s at once: the whole burst
+    refused = {"type": "input_audio_buffer.append", "event_id": "flood", "audio": b64_pcm16(2400)}
+    error = only_error(h.send(refused))
+    assert error["code"] == "input_audio_rate_exceeded" and error["event_id"] == "flood"
+    assert "2x real time" in error["message"] and "100ms" in error["message"]
+    assert len(h.session.audio_for_engine()) == 1  # the refused chunk never reached Moshi
+    # Not even malformed audio is looked at: the size alone refuses it.
+    junk = only_error(h.send({"type": "input_audio_buffer.append", "audio": "!" * 400}))
+    assert junk["code"] == "input_audio_rate_exceeded"
+    h.clock(0.1)  # 100 ms at 2x real time credits 200 ms
+    assert h.append(4800) == []
+    assert only_error(h.append(480))["code"] == "input_audio_rate_exceeded"
+    assert not h.session.closed
+
+
+def test_the_append_rate_judges_g711_by_its_own_sample_rate(dialect: Dialect) -> None:
+    h = Harness(dialect, FAST.model_copy(update={"max_append_rate": 2.0, "append_burst_ms": 1000}))
+    fmt = {"type": "audio/pcmu"} if dialect is Dialect.GA else "g711_ulaw"
+    update = (
+        {"type": "realtime", "audio": {"input": {"format": fmt}}}
+        if dialect is Dialect.GA
+        else {"input_audio_format": fmt}
+    )
+    h.send({"type": "session.update", "session": update})
+    h.clock(0.0)
+    second = base64.b64encode(bytes([0xFF]) * 8000).decode()  # 1 s of μ-law silence at 8 kHz
+    assert h.send({"type": "input_audio_buffer.append", "audio": second}) == []
+    assert only_error(h.send({"type": "input_audio_buffer.append", "audio": second[:400]}))["code"] == (
+        "input_audio_rate_exceeded"
+    )
+
+
+def test_no_append_rate_means_only_the_backlog_bounds_input(dialect: Dialect) -> None:
+    h = Harness(dialect, FAST.model_copy(update={"max_append_rate": None, "max_input_backlog_ms": 10_000}))
+    for _ in range(50):
+        assert h.append(4800) == []  # 10 s in no time at all
+    assert only_error(h.append(480))["code"] == "input_audio_backlog_full"
