@@ -25,6 +25,8 @@ from tests.fixtures.net import free_port
 APP = "realtime-test"
 SLOTS = 2
 SLOW = "moshi-slow"
+MAX_MESSAGE_BYTES = 65_536
+"""Low enough that fuzzing can send oversized messages cheaply, above any append the suite sends (≤ 32 kB)."""
 
 # Autoscaling reacts in about a second instead of tens (pushed to every Ray worker via the raylet env).
 os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
@@ -71,7 +73,7 @@ def serve_config(http_port: int, moshi_sft: dict[str, Any] | None = None) -> dic
                             "realtime": {"admit_fraction": 0.4},
                         },
                     ],
-                    "session": {"utterance_silence_ms": 480},
+                    "session": {"utterance_silence_ms": 480, "max_message_bytes": MAX_MESSAGE_BYTES},
                 },
                 "deployments": [
                     {"name": "RealtimeIngress", "ray_actor_options": {"num_cpus": 0.25}},
