@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ray.serve")
 
+TICK_WINDOW = 20_000
+"""Tick durations kept for `tick_durations` (≈ 27 min of ticks at 12.5 per second)."""
 METRICS_FLUSH_S = 1.0
 """How often tick statistics gathered on the runner thread are exported from the replica's loop."""
 CHANNEL_HOST_ENV = "MOSHI_REALTIME_CHANNEL_HOST"
@@ -48,6 +50,7 @@ class ModelReplica:
         self._actor_name = ray.get_runtime_context().get_actor_name() or ""
         self._log = {"model": self._model_id, "replica": self._replica_id}
         self._ticks: collections.deque[TickStats] = collections.deque(maxlen=10_000)
+        self._recent_ticks: collections.deque[float] = collections.deque(maxlen=TICK_WINDOW)
         self._metrics = ModelMetrics(self._model_id)
         # Loading and warm-up take seconds to minutes: off the loop, before Serve marks us running.
         self._runner: ClockedRunner = await asyncio.to_thread(self._start_runner)
@@ -116,6 +119,13 @@ class ModelReplica:
         """(process id, OS thread id of the engine clock): benchmarks split engine from transport CPU."""
         return os.getpid(), self._runner.native_thread_id
 
+    def tick_durations(self) -> list[float]:
+        """Durations (s) of the ticks that stepped a slot since the last call: benchmarks follow the tick
+        over time (the soak); the metrics export only histograms of them."""
+        durations = list(self._recent_ticks)
+        self._recent_ticks.clear()
+        return durations
+
     def _record_slots(self) -> None:
         self._metrics.record_slots(self._runner.slots_used, self._runner.slots_total, self._port.sessions)
 
@@ -124,6 +134,7 @@ class ModelReplica:
             await asyncio.sleep(METRICS_FLUSH_S)
             ticks = [self._ticks.popleft() for _ in range(len(self._ticks))]
             self._metrics.record_ticks(ticks)
+            self._recent_ticks.extend(t.duration_s for t in ticks if t.stepped_slots)
             self._metrics.record_capacity(self._runner.capacity())
             self._record_slots()
 
