@@ -99,12 +99,15 @@ async def run_session(url: str, session: SoakSession, until: float, admitted: as
             admitted.set()
 
             async def read() -> None:
-                async for message in ws:
-                    event = json.loads(message)
-                    if event["type"] == "response.output_audio.delta":
-                        session.audio_deltas.append(time.monotonic())
-                    elif event["type"] == "error":
-                        session.errors.append(event["error"]["code"])
+                try:
+                    async for message in ws:
+                        event = json.loads(message)
+                        if event["type"] == "response.output_audio.delta":
+                            session.audio_deltas.append(time.monotonic())
+                        elif event["type"] == "error":
+                            session.errors.append(event["error"]["code"])
+                except websockets.ConnectionClosed as exc:
+                    session.closed = str(exc)
 
             reader = asyncio.create_task(read())
             begin = time.monotonic()
