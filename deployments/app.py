@@ -1,4 +1,5 @@
-"""Application wiring: Serve YAML `args` → AppConfig → one model deployment per model type + the ingress.
+"""Application wiring: Serve YAML `args` → AppConfig → one model deployment per model type, the ASR
+deployment and the ingress.
 
 `serve run deployments.app:app` runs the embedded default (tiny random-weight checkpoints);
 `serve run configs/local.yaml` (or `python -m serve_app.run`) passes `args` to `build_app`.
@@ -12,6 +13,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments.asr import AsrDeployment
 from deployments.ingress import IngressDeployment
 from deployments.model import ModelDeployment
 from serve_app.config import load_config
@@ -26,7 +28,8 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for model in config.models
     }
-    return IngressDeployment.bind(config.model_dump(mode="json"), models)
+    asr = AsrDeployment.bind(config.asr.model_dump(mode="json"))
+    return IngressDeployment.bind(config.model_dump(mode="json"), models, asr)
 
 
 app = build_app({})

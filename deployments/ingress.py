@@ -15,6 +15,7 @@ from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
+from deployments.asr import RayTranscription
 from deployments.metrics import IngressMetrics
 from deployments.ray_gateway import DEFAULT_ADMISSION_TIMEOUT_S, RayGateway
 from serve_app.config import AppConfig
@@ -24,7 +25,12 @@ from serve_app.server.keepalive import websocket_keepalive_defaults
 
 
 class RealtimeIngress:
-    def __init__(self, config: dict[str, Any], models: Mapping[str, DeploymentHandle[Any]]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        models: Mapping[str, DeploymentHandle[Any]],
+        asr: DeploymentHandle[Any] | None = None,
+    ) -> None:
         self._config = AppConfig.model_validate(config)
         # Before Serve builds this replica's uvicorn server (it does so after this constructor).
         server = self._config.server
@@ -33,6 +39,7 @@ class RealtimeIngress:
         node_id = ray.get_runtime_context().get_node_id()
         self._gateway = RayGateway(models, node_id, deployment_status=self._running_models)
         self._metrics = IngressMetrics(self._gateway.model_ids())
+        self._transcription = RayTranscription(asr) if asr is not None else None
         freeze_heap()  # Ray, Starlette and the SDK's event types: out of the collector's full passes
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -42,7 +49,9 @@ class RealtimeIngress:
         )
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return build_realtime_app(self._gateway, self._config, observer=self._metrics)
+        return build_realtime_app(
+            self._gateway, self._config, observer=self._metrics, transcription=self._transcription
+        )
 
     def _running_models(self) -> dict[str, bool]:
         app = serve.status().applications.get(self._app_name)

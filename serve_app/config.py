@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.asr.config import AsrConfig
 from serve_app.constants import FRAME_MS
 from serve_app.engine.spec import ModelSpec, SamplingParams
 from serve_app.session.settings import SessionSettings
@@ -144,6 +145,8 @@ class AppConfig(BaseModel):
     models: tuple[ModelConfig, ...]
     server: ServerSettings = ServerSettings()
     session: SessionSettings = SessionSettings()
+    asr: AsrConfig = AsrConfig()
+    """Input transcription backends (the ASR deployment); the embedded default is pocketsphinx."""
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AppConfig:

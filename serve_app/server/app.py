@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,9 +23,11 @@ from serve_app.config import AppConfig
 from serve_app.protocol.dialect import api_key_from_handshake, detect_dialect, select_subprotocol
 from serve_app.server.gateway import GatewayError, ModelGateway, SlotStream
 from serve_app.server.key_sessions import KeySessions
+from serve_app.server.listener import SessionListener, VadWorker
 from serve_app.server.loop_lag import LoopLag
 from serve_app.server.observer import NullObserver, SessionObserver
 from serve_app.server.send_queue import ClientTooSlow, SendQueue
+from serve_app.server.transcription import TranscriptionPort, TranscriptionPump
 from serve_app.session.outbox import OutgoingEvent
 from serve_app.session.session import RealtimeSession
 
@@ -50,11 +53,17 @@ CLOSE_TIMEOUT_S = 1.0
 
 
 def build_realtime_app(
-    gateway: ModelGateway, config: AppConfig, observer: SessionObserver | None = None
+    gateway: ModelGateway,
+    config: AppConfig,
+    observer: SessionObserver | None = None,
+    transcription: TranscriptionPort | None = None,
 ) -> Starlette:
+    """`transcription`: where committed user turns are transcribed (None: a session that asks for it
+    gets `.failed` for each turn, saying the server has no ASR)."""
     obs: SessionObserver = observer or NullObserver()
     loop_lag = LoopLag()
     key_sessions = KeySessions(config.server.max_sessions_per_key)
+    vad = VadWorker()
 
     async def models(_: Request) -> JSONResponse:
         created = 0
@@ -80,7 +89,8 @@ def build_realtime_app(
 
     async def realtime(ws: WebSocket) -> None:
         loop_lag.ensure_running()
-        await _RealtimeConnection(ws, gateway, config, obs, loop_lag, key_sessions).run()
+        shared = _Shared(obs, loop_lag, key_sessions, vad, transcription)
+        await _RealtimeConnection(ws, gateway, config, shared).run()
 
     routes = [
         WebSocketRoute("/v1/realtime", realtime),
@@ -92,6 +102,17 @@ def build_realtime_app(
     return Starlette(routes=routes)
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """What every socket of this app uses alike."""
+
+    obs: SessionObserver
+    loop_lag: LoopLag
+    key_sessions: KeySessions
+    vad: VadWorker
+    transcription: TranscriptionPort | None
+
+
 class _RealtimeConnection:
     """Pumps one socket: client text → session → slot audio; slot frames → session → client text."""
 
@@ -100,16 +121,14 @@ class _RealtimeConnection:
         ws: WebSocket,
         gateway: ModelGateway,
         config: AppConfig,
-        obs: SessionObserver,
-        loop_lag: LoopLag,
-        key_sessions: KeySessions,
+        shared: _Shared,
     ) -> None:
         self.ws = ws
-        self.loop_lag = loop_lag
-        self.key_sessions = key_sessions
+        self.loop_lag = shared.loop_lag
+        self.key_sessions = shared.key_sessions
         self.gateway = gateway
         self.config = config
-        self.obs = obs
+        self.obs = shared.obs
         headers = {k.lower(): v for k, v in ws.headers.items()}
         self.subprotocols: list[str] = list(ws.scope.get("subprotocols") or [])
         self.query = dict(ws.query_params)
@@ -124,6 +143,8 @@ class _RealtimeConnection:
         )
         server = config.server
         self.outbox = SendQueue(max_bytes=server.send_queue_bytes, max_audio_ms=server.send_queue_audio_ms)
+        self.listener = SessionListener(shared.vad, self.session, self._flush)
+        self.transcriber = TranscriptionPump(shared.transcription, self.session, self._flush)
         self.stream: SlotStream | None = None
         self.first_input_at: float | None = None
         self.sending_since: float | None = None
@@ -191,6 +212,8 @@ class _RealtimeConnection:
             asyncio.create_task(self._read_client(stream)),
             asyncio.create_task(self._read_engine(stream)),
             asyncio.create_task(self._tick_clock()),
+            asyncio.create_task(self.listener.run()),
+            asyncio.create_task(self.transcriber.run()),
         ]
         close_code = WS_1000_NORMAL_CLOSURE
         too_slow = False
@@ -237,6 +260,7 @@ class _RealtimeConnection:
         # queue raises ClientTooSlow out of the pump that produced the event.
         for event in self.session.events_to_send():
             self.outbox.put(event)
+        self.transcriber.submit(self.session.transcription_requests())
 
     async def _write(self) -> None:
         while (event := await self.outbox.get()) is not None:
@@ -270,6 +294,7 @@ class _RealtimeConnection:
                 if self.first_input_at is None:
                     self.first_input_at = time.monotonic()
                 await stream.send_audio(pcm)
+                self.listener.hear(pcm)
             self._flush()
             if self.session.closed:
                 return

@@ -39,11 +39,24 @@ class InputBuffer:
                 self._chunks[0] = oldest[excess:]
                 self._samples -= excess
 
-    def take(self) -> npt.NDArray[np.int16]:
-        """Everything buffered, leaving the buffer empty (a commit)."""
+    @property
+    def samples(self) -> int:
+        return self._samples
+
+    def take(self, samples: int | None = None) -> npt.NDArray[np.int16]:
+        """The oldest `samples` (default: everything), removed from the buffer (a commit); what was
+        appended after them stays for the next commit."""
         pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
-        self.clear()
-        return pcm
+        count = len(pcm) if samples is None else max(0, min(samples, len(pcm)))
+        rest = pcm[count:]
+        self._chunks = [rest] if len(rest) else []
+        self._samples = len(rest)
+        return pcm[:count]
+
+    def keep_last(self, samples: int) -> None:
+        """Drop all but the newest `samples` (server VAD: audio before a speech start's prefix padding)."""
+        if samples < self._samples:
+            self.take(self._samples - max(0, samples))
 
     def clear(self) -> None:
         self._chunks = []

@@ -60,6 +60,10 @@ class TranscriptionRequest:
     item_id: str
     pcm: npt.NDArray[np.float32]
     """24 kHz mono float32."""
+    model: str | None = None
+    """The session's transcription `model` (it picks the ASR backend)."""
+    language: str | None = None
+    prompt: str | None = None
 
 
 class RealtimeSession:
@@ -342,8 +346,14 @@ class RealtimeSession:
         )
 
     def speech_started(self, audio_start_ms: int) -> str:
-        """VAD saw the user start speaking (ms on the input_audio_ms clock); returns the item id the
-        matching commit will use. Interrupt/create-response policy belongs to the VAD's owner."""
+        """Server VAD heard the user start (ms on the input timeline, prefix padding included): the buffer
+        keeps audio from there on, a response Moshi is speaking is cancelled when `interrupt_response`
+        asks for it (Moshi hears the user anyway), and the returned item id is the one the matching
+        commit will use."""
+        if self.closed:
+            return ""
+        start = max(0, min(audio_start_ms * SAMPLE_RATE // 1000, self._input_samples))
+        self._buffer.keep_last(self._input_samples - start)
         self._vad_item_id = new_item_id()
         self._emit(
             {
@@ -352,16 +362,27 @@ class RealtimeSession:
                 "item_id": self._vad_item_id,
             }
         )
+        detection = self._config.turn_detection
+        response = self._response
+        streaming = response is not None and response.state is ResponseState.STREAMING
+        if detection is not None and detection.interrupt_response and response is not None and streaming:
+            self._finish(response, "cancelled", reason="turn_detected")
+            self._muted = self._utterance is not None  # the rest of Moshi's utterance stays off the wire
         return self._vad_item_id
 
     def speech_stopped(self, audio_end_ms: int) -> str:
-        """VAD saw the user stop: speech_stopped, then the commit of the buffer under the same item id."""
+        """Server VAD heard the user stop (silence duration included): speech_stopped, then the commit of
+        the buffer up to that point under the speech's item id (later audio waits for the next commit)."""
+        if self.closed:
+            return ""
         item_id = self._vad_item_id or new_item_id()
         self._vad_item_id = None
         self._emit(
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms, "item_id": item_id}
         )
-        self._commit(item_id)
+        end = max(0, min(audio_end_ms * SAMPLE_RATE // 1000, self._input_samples))
+        after = self._input_samples - end  # appended after the stop: not part of this speech
+        self._commit(item_id, samples=max(0, self._buffer.samples - after))
         return item_id
 
     # Client events ------------------------------------------------------------------------------
@@ -629,16 +650,25 @@ class RealtimeSession:
 
     # Items --------------------------------------------------------------------------------------
 
-    def _commit(self, item_id: str) -> None:
-        pcm = self._buffer.take()
+    def _commit(self, item_id: str, samples: int | None = None) -> None:
+        pcm = self._buffer.take(samples)
         item = UserAudioItem(id=item_id, pcm=pcm, duration_ms=len(pcm) * 1000 / SAMPLE_RATE)
         previous_id = self._conversation.add(item)
         self._emit(
             {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous_id}
         )
         self._announce_item(item, previous_id)
-        if self._config.transcription is not None:
-            self._transcriptions.append(TranscriptionRequest(item_id, pcm16_to_float(pcm)))
+        asked = self._config.transcription
+        if asked is not None:
+            self._transcriptions.append(
+                TranscriptionRequest(
+                    item_id,
+                    pcm16_to_float(pcm),
+                    model=_text_or_none(asked.get("model")),
+                    language=_text_or_none(asked.get("language")),
+                    prompt=_text_or_none(asked.get("prompt")),
+                )
+            )
 
     def _announce_item(self, item: Item, previous_id: str | None) -> None:
         wire = item.to_wire(self.dialect)
@@ -695,3 +725,7 @@ class RealtimeSession:
 
     def _emit(self, payload: dict[str, Any]) -> None:
         self._outbox.emit(payload)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -30,7 +30,8 @@ def test_serve_yaml_parses_and_builds_one_deployment_per_model(name: str) -> Non
     schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "configs" / name).read_text()))
     (config,) = app_configs(schema)
     deployments = _deployments(schema)
-    assert set(deployments) == {m.id for m in config.models} | {"RealtimeIngress"}
+    assert set(deployments) == {m.id for m in config.models} | {"RealtimeIngress", "RealtimeAsr"}
+    assert config.asr.backend_for(None).kind == "pocketsphinx"  # offline ASR unless configured otherwise
     assert schema.http_options.request_timeout_s is None  # it would cut live WebSockets
     for model in config.models:
         # max_ongoing_requests is derived from slots; a YAML value would break admission = free slot.

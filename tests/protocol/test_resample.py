@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from serve_app.protocol.resample import TAPS, Downsampler, Upsampler
+from serve_app.protocol.resample import TAPS, Downsampler, To16k, Upsampler
 
 
 def tone(freq: float, rate: int, seconds: float = 0.5) -> np.ndarray:
@@ -69,3 +71,22 @@ def test_round_trip_through_8khz_keeps_a_speech_band_tone() -> None:
     delay = TAPS - 1  # two filters of (TAPS-1)/2 samples each at 24 kHz
     error = back[delay + 3 * TAPS : len(signal)] - signal[3 * TAPS : len(signal) - delay]
     assert rms(error) < 0.02 * rms(signal)
+
+
+def test_to_16k_gives_two_thirds_of_the_samples_whatever_the_chunking() -> None:
+    rng = np.random.default_rng(3)
+    pcm = rng.standard_normal(24_000).astype(np.float32)
+    whole = To16k().process(pcm)
+    assert len(whole) == 16_000
+    pieces = To16k()
+    cuts = [0, 1, 7, 480, 1921, 5000, 24_000]
+    chunked = np.concatenate([pieces.process(pcm[a:b]) for a, b in itertools.pairwise(cuts)])
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+
+
+def test_to_16k_keeps_speech_band_tones_and_removes_what_16k_cannot_hold() -> None:
+    t = np.arange(48_000) / 24_000
+    for hz, kept in ((300.0, True), (3000.0, True), (10_000.0, False)):
+        out = To16k().process(np.sin(2 * np.pi * hz * t).astype(np.float32))[2000:]
+        rms = float(np.sqrt(np.mean(out**2)))
+        assert (abs(rms - 1 / np.sqrt(2)) < 0.02) if kept else rms < 0.01, (hz, rms)

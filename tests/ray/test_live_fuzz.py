@@ -61,6 +61,11 @@ class SteadySession:
 
     async def _run(self) -> None:
         async with websockets.connect(self.url) as ws:
+            # Server VAD stays on (it runs under the fuzzing too), but without barge-in: the user's speech
+            # would otherwise cancel Moshi's responses, and the audio gap measured here with them.
+            detection = {"type": "server_vad", "interrupt_response": False}
+            update = {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
+            await ws.send(json.dumps({"type": "session.update", "session": update}))
             speaking = asyncio.create_task(self._speak(ws))
             reading = asyncio.create_task(self._read(ws))
             while not self._stop.is_set() and not reading.done():

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 import pytest
 import uvicorn
 
+from serve_app.asr.service import AsrService
 from serve_app.config import AppConfig, ModelConfig, RealtimeLimits
 from serve_app.engine.spec import ModelSpec
 from serve_app.server.app import build_realtime_app
 from serve_app.server.local_gateway import LocalGateway, build_local_gateway
+from serve_app.server.transcription import LocalTranscription
 from serve_app.session.settings import SessionSettings
 from tests.fixtures.net import free_port
 
@@ -59,7 +61,7 @@ def serve_in_process(config: AppConfig) -> Iterator[RunningServer]:
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            build_realtime_app(gateway, config),
+            build_realtime_app(gateway, config, transcription=LocalTranscription(AsrService(config.asr))),
             host="127.0.0.1",
             port=port,
             log_level="warning",

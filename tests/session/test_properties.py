@@ -739,8 +739,22 @@ class Driver:
             assert events[0]["item"]["id"] == item_id
 
     def _vad(self, op: Vad) -> None:
+        streaming = self.view.open_item is not None and self.view.open_response is not None
+        was_open = self.view.open_response
+        detection = self.h.session.config.turn_detection
+        interrupts = streaming and detection is not None and detection.interrupt_response
         item_id = self.h.session.speech_started(0)
-        self.drain()
+        events = self.drain()
+        assert types_of(events)[0] == "input_audio_buffer.speech_started"
+        if interrupts:
+            # The user barged in on Moshi: its response is cancelled as response.cancel would.
+            assert types_of(events)[-1] == "response.done"
+            done = events[-1]["response"]
+            assert done["id"] == was_open and done["status"] == "cancelled"
+            assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+            self._closed_the_streaming_response(True)
+        else:
+            assert types_of(events) == ["input_audio_buffer.speech_started"]
         if op.samples:
             self.send({"type": "input_audio_buffer.append", "audio": b64_pcm16(op.samples)})
         assert self.h.session.speech_stopped(100) == item_id

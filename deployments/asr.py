@@ -1,0 +1,78 @@
+"""ASR deployment: input transcription of committed user turns, a Ray Serve deployment of its own.
+
+CPU by default (pocketsphinx), GPU-capable through its `ray_actor_options`, scaled (replicas, autoscaling)
+in the Serve YAML like the model deployments. Each call is one turn: PCM16 bytes in, text out; a
+backend's failure comes back as its reason, so the session sends `.failed` in words. `RayTranscription` is
+the ingress side (serve_app.server.transcription.TranscriptionPort over a deployment handle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from ray import serve
+from ray.serve import Deployment
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.asr.backend import TranscriptionFailed
+from serve_app.asr.config import AsrConfig
+from serve_app.asr.service import AsrService
+
+logger = logging.getLogger("ray.serve")
+
+ASR_DEPLOYMENT = "RealtimeAsr"
+CALL_TIMEOUT_S = 60.0
+
+
+class AsrReplica:
+    async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]
+        self._service = AsrService(AsrConfig.model_validate(config))
+        await asyncio.to_thread(self._service.warm_up)  # load the backends before Serve marks us running
+
+    async def transcribe(
+        self, pcm16: bytes, model: str | None, language: str | None, prompt: str | None
+    ) -> dict[str, str]:
+        """{"text": ...} or {"error": reason}."""
+        pcm = (np.frombuffer(pcm16, dtype="<i2") / 32768).astype(np.float32)
+        try:
+            text = await asyncio.to_thread(
+                self._service.transcribe, pcm, model=model, language=language, prompt=prompt
+            )
+        except TranscriptionFailed as exc:
+            return {"error": str(exc)}
+        return {"text": text}
+
+
+class RayTranscription:
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+
+    async def transcribe(
+        self, pcm: npt.NDArray[np.float32], *, model: str | None, language: str | None, prompt: str | None
+    ) -> str:
+        pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
+        try:
+            answer: dict[str, str] = await asyncio.wait_for(
+                self._handle.transcribe.remote(pcm16, model, language, prompt), CALL_TIMEOUT_S
+            )
+        except TimeoutError as exc:
+            raise TranscriptionFailed(
+                f"the ASR deployment did not answer within {CALL_TIMEOUT_S:g} s"
+            ) from exc
+        except Exception as exc:  # a dead or unreachable replica: the turn fails, the session goes on
+            logger.warning("ASR call failed: %s", exc)
+            raise TranscriptionFailed(f"the ASR deployment failed: {type(exc).__name__}") from exc
+        if "error" in answer:
+            raise TranscriptionFailed(answer["error"])
+        return answer["text"]
+
+
+AsrDeployment: Deployment = serve.deployment(
+    name=ASR_DEPLOYMENT,
+    ray_actor_options={"num_cpus": 0.25, "num_gpus": 0},
+    max_ongoing_requests=8,
+)(AsrReplica)

@@ -1,0 +1,110 @@
+"""The listening side through the official SDK on the Ray app: server VAD commits one user turn per
+festival sentence, the ASR deployment (pocketsphinx, the embedded default) transcribes each, and a killed
+ASR replica fails turns in words, never in silence, then comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import ray
+from openai import AsyncOpenAI
+from ray import serve
+
+from serve_app.constants import FRAME_SAMPLES
+from tests.fixtures.speech import sentences, sentences_pcm16, word_error_rate
+from tests.ray.conftest import APP, Cluster
+
+TOLERANCE_MS = 150
+MAX_WER = 0.15
+TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
+FAILED = "conversation.item.input_audio_transcription.failed"
+
+
+async def send_fixture(conn: Any, pcm: bytes) -> None:
+    step = 2 * FRAME_SAMPLES
+    for start in range(0, len(pcm), step):
+        await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[start : start + step]).decode())
+
+
+async def events_until(conn: Any, kinds: tuple[str, ...], count: int, timeout: float) -> list[Any]:
+    seen: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while sum(e.type in kinds for e in seen) < count:
+        event = await asyncio.wait_for(conn.recv(), max(0.1, deadline - time.monotonic()))
+        if not event.type.startswith("response."):
+            seen.append(event)
+    return seen
+
+
+async def transcribing_session(cluster: Cluster) -> Any:
+    client = AsyncOpenAI(api_key="sk-test", websocket_base_url=cluster.ws_base)
+    return client.realtime.connect(model="moshi-base")
+
+
+async def test_each_sentence_is_a_turn_at_its_boundaries_and_transcribed_under_15_percent_wer(
+    cluster: Cluster,
+) -> None:
+    known = sentences()
+    async with await transcribing_session(cluster) as conn:
+        created = await asyncio.wait_for(conn.recv(), 15)
+        assert created.type == "session.created"
+        await conn.session.update(
+            session={"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+        )
+        await send_fixture(conn, sentences_pcm16())
+        events = await events_until(conn, (TRANSCRIBED, FAILED), len(known), timeout=90)
+    assert not [e for e in events if e.type in (FAILED, "error")], [
+        e for e in events if e.type in (FAILED, "error")
+    ]
+    started = [e for e in events if e.type == "input_audio_buffer.speech_started"]
+    stopped = [e for e in events if e.type == "input_audio_buffer.speech_stopped"]
+    committed = [e.item_id for e in events if e.type == "input_audio_buffer.committed"]
+    assert len(started) == len(stopped) == len(committed) == len(known)
+    for sentence, start, stop in zip(known, started, stopped, strict=True):
+        assert abs(start.audio_start_ms + 300 - sentence.start_ms) <= TOLERANCE_MS, (sentence, start)
+        assert abs(stop.audio_end_ms - 500 - sentence.end_ms) <= TOLERANCE_MS, (sentence, stop)
+    transcripts = {e.item_id: e.transcript for e in events if e.type == TRANSCRIBED}
+    hypotheses = [transcripts[item_id] for item_id in committed]
+    wer = word_error_rate([s.text for s in known], hypotheses)
+    print(f"pocketsphinx over the Ray app: WER {wer:.1%}: {hypotheses}")
+    assert wer < MAX_WER, (wer, hypotheses)
+
+
+async def test_a_killed_asr_replica_fails_turns_in_words_and_transcription_comes_back(
+    cluster: Cluster,
+) -> None:
+    known = sentences()
+    pcm = sentences_pcm16()
+    one_sentence = pcm[: (known[0].end_ms + 1200) * 48]  # 24 samples/ms × 2 bytes
+    async with await transcribing_session(cluster) as conn:
+        await asyncio.wait_for(conn.recv(), 15)
+        await conn.session.update(
+            session={"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+        )
+        actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if "RealtimeAsr" in a["name"]]
+        assert actors, "no ASR replica"
+        for actor in actors:
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+        await send_fixture(conn, one_sentence)
+        events = await events_until(conn, (TRANSCRIBED, FAILED), 1, timeout=90)
+        outcome = next(e for e in events if e.type in (TRANSCRIBED, FAILED))
+        assert not [e for e in events if e.type == "error"]
+        if outcome.type == FAILED:  # the kill landed before the call: a reason, in words
+            assert outcome.error.message and "ASR" in outcome.error.message, outcome
+    # Serve replaces the replica; a new session's turns are transcribed again.
+    deadline = time.monotonic() + 60
+    while serve.status().applications[APP].deployments["RealtimeAsr"].status != "HEALTHY":
+        assert time.monotonic() < deadline, "the ASR deployment did not come back"
+        await asyncio.sleep(0.5)
+    async with await transcribing_session(cluster) as conn:
+        await asyncio.wait_for(conn.recv(), 15)
+        await conn.session.update(
+            session={"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+        )
+        await send_fixture(conn, one_sentence)
+        events = await events_until(conn, (TRANSCRIBED, FAILED), 1, timeout=90)
+    outcome = next(e for e in events if e.type in (TRANSCRIBED, FAILED))
+    assert outcome.type == TRANSCRIBED and word_error_rate([known[0].text], [outcome.transcript]) < 0.5

@@ -1,0 +1,76 @@
+"""What server VAD's speech events do to a session: the buffer's span, the commit, barge-in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serve_app.protocol.dialect import Dialect
+from serve_app.session.conversation import UserAudioItem
+
+from .harness import Harness, types_of
+
+
+def item_ms(h: Harness, item_id: str) -> float:
+    item = h.session.conversation.get(item_id)
+    assert isinstance(item, UserAudioItem)
+    return item.duration_ms
+
+
+def turn_detection_update(h: Harness, detection: dict[str, Any] | None) -> dict[str, Any]:
+    if h.dialect is Dialect.GA:
+        session = {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
+    else:
+        session = {"turn_detection": detection}
+    return {"type": "session.update", "session": session}
+
+
+def test_speech_start_drops_audio_before_its_prefix_padding(h: Harness) -> None:
+    h.append(24_000)  # 1 s of input
+    item_id = h.session.speech_started(audio_start_ms=600)
+    h.append(12_000)
+    h.session.speech_stopped(audio_end_ms=1500)
+    assert item_ms(h, item_id) == 900  # 600 → 1500 ms of the input timeline
+
+
+def test_audio_after_the_stop_waits_for_the_next_commit(h: Harness) -> None:
+    h.session.speech_started(audio_start_ms=0)
+    h.append(48_000)  # the VAD judged the stop at 1.5 s; 0.5 s more had already arrived
+    h.events()
+    item_id = h.session.speech_stopped(audio_end_ms=1500)
+    h.events()
+    assert item_ms(h, item_id) == 1500
+    committed = h.send({"type": "input_audio_buffer.commit"})[0]
+    assert committed["type"] == "input_audio_buffer.committed"
+    assert item_ms(h, committed["item_id"]) == 500
+
+
+def test_a_start_while_moshi_speaks_cancels_its_response_and_mutes_the_rest_of_the_utterance(
+    h: Harness,
+) -> None:
+    h.frames(2, speaking=True, text="hi")
+    response_id = h.session.active_response_id
+    assert response_id is not None
+    h.session.speech_started(audio_start_ms=0)
+    events = h.events()
+    assert types_of(events)[0] == "input_audio_buffer.speech_started"
+    done = events[-1]
+    assert done["type"] == h.name("response.done") and done["response"]["id"] == response_id
+    assert done["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    assert h.frames(2, speaking=True, text="more") == []  # Moshi's utterance goes on, off the wire
+
+
+def test_without_interrupt_response_moshi_keeps_speaking(h: Harness) -> None:
+    detection = {"type": "server_vad", "interrupt_response": False}
+    assert types_of(h.send(turn_detection_update(h, detection))) == ["session.updated"]
+    h.frames(2, speaking=True, text="hi")
+    h.session.speech_started(audio_start_ms=0)
+    assert types_of(h.events()) == ["input_audio_buffer.speech_started"]
+    assert h.session.active_response_id is not None
+    assert h.name("response.output_audio.delta") in types_of(h.frames(1, speaking=True))
+
+
+def test_a_waiting_response_is_not_interrupted(h: Harness) -> None:
+    h.send({"type": "response.create"})  # waits for Moshi to speak
+    h.session.speech_started(audio_start_ms=0)
+    assert types_of(h.events()) == ["input_audio_buffer.speech_started"]
+    assert h.session.active_response_id is not None
