@@ -174,3 +174,61 @@ async def test_sessions_share_one_replica_concurrently(local_server: RunningServ
 
     counts = await asyncio.gather(one(1), one(2))
     assert all(c > 0 for c in counts)
+
+
+@pytest.mark.parametrize("law", ["pcmu", "pcma"])
+async def test_a_g711_session_switched_on_by_session_update_converses_through_the_ga_sdk(
+    local_server: RunningServer, law: str
+) -> None:
+    """Input decoded before VAD and engine, output encoded: 80 ms of 8 kHz G.711 is 640 bytes a delta."""
+    from serve_app.protocol.codecs import alaw_encode, float_to_pcm16, ulaw_encode
+    from serve_app.protocol.resample import Downsampler
+
+    client = AsyncOpenAI(api_key="sk-test", websocket_base_url=local_server.ws_base)
+    async with client.realtime.connect(model="moshi-sft") as conn:
+        log = Transcript()
+        await _recv_until(conn, log, lambda e: e.type == "session.created", 10)
+        fmt = {"type": f"audio/{law}"}
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "audio": {"input": {"format": fmt, "turn_detection": None}, "output": {"format": fmt}},
+            }
+        )
+        updated = await _recv_until(conn, log, lambda e: e.type in ("session.updated", "error"), 10)
+        assert updated.type == "session.updated", updated
+        assert updated.session.audio.output.format.type == f"audio/{law}"
+        encode = ulaw_encode if law == "pcmu" else alaw_encode
+        down = Downsampler()
+        pcm = speech_like(12.0, seed=9)
+        step = int(CHUNK_S * SAMPLE_RATE)
+        sent = 0
+
+        async def send() -> None:
+            nonlocal sent
+            for start in range(0, len(pcm), step):
+                codes = encode(float_to_pcm16(down.process(pcm[start : start + step])))
+                await conn.input_audio_buffer.append(audio=base64.b64encode(codes.tobytes()).decode())
+                sent += 1
+                await asyncio.sleep(CHUNK_S)
+
+        sender = asyncio.create_task(send())
+        try:
+            done = await _recv_until(
+                conn, log, lambda e: e.type == "response.done" and e.response.status == "completed", 20
+            )
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        assert not log.of_type("error"), log.of_type("error")
+        deltas = [
+            base64.b64decode(e.delta)
+            for e in log.of_type(GA.audio_delta)
+            if e.response_id == done.response.id
+        ]
+        assert deltas and {len(d) for d in deltas} == {640}  # 8 kHz, one byte per sample
+        await conn.input_audio_buffer.commit()
+        committed = await _recv_until(
+            conn, log, lambda e: e.type in ("input_audio_buffer.committed", "error"), 10
+        )
+        assert committed.type == "input_audio_buffer.committed"
