@@ -37,6 +37,10 @@ from serve_app.listening.silero import SileroVad
 from serve_app.listening.vad_stream import VadStream
 
 DEFAULT_WAV = Path("tests/fixtures/speech/sentences.wav")
+TRANSCRIPTION_DONE = (
+    "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed",
+)
 
 
 def read_wav(path: Path) -> npt.NDArray[np.float32]:
@@ -113,6 +117,7 @@ async def through_server(url: str, pcm: npt.NDArray[np.float32], model: str) -> 
     pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
     stopped: dict[str, float] = {}
     latency: list[float] = []
+    texts: list[str] = []
     async with websockets.connect(f"{url}?model={model}", max_size=None) as ws:
         created = json.loads(await ws.recv())
         if created["type"] == "error":
@@ -129,20 +134,26 @@ async def through_server(url: str, pcm: npt.NDArray[np.float32], model: str) -> 
                 await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
 
         sender = asyncio.create_task(send())
-        expected = None
-        while expected is None or len(latency) < expected:
-            event = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        deadline = time.monotonic() + len(pcm) / SAMPLE_RATE + 60
+        while not (sender.done() and stopped and len(latency) >= len(stopped)):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(latency)} of {len(stopped)} turns were transcribed")
+            try:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+            except TimeoutError:
+                continue
             kind = event["type"]
             if kind == "input_audio_buffer.speech_stopped":
                 stopped[event["item_id"]] = time.monotonic()
-            elif kind.startswith("conversation.item.input_audio_transcription.") and kind != (
-                "conversation.item.input_audio_transcription.delta"
-            ):
+            elif kind in TRANSCRIPTION_DONE:
                 latency.append(1000 * (time.monotonic() - stopped[event["item_id"]]))
-            if sender.done() and expected is None:
-                expected = len(stopped)
+                texts.append(event.get("transcript") or event.get("error", {}).get("message", ""))
         await sender
-    return {"turns": len(latency), "speech_stopped_to_transcript_ms": [round(x, 1) for x in latency]}
+    return {
+        "turns": len(latency),
+        "speech_stopped_to_transcript_ms": [round(x, 1) for x in latency],
+        "texts": texts,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
