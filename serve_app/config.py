@@ -100,6 +100,10 @@ class ServerSettings(BaseModel):
     late in the last 2 s (more than twice): every session on that loop would be late too. null disables
     the check."""
 
+    max_vad_lag_ms: float | None = Field(default=500, gt=0)
+    """New sessions are refused (`server_at_capacity`) while the ingress's VAD thread is this late with
+    the input it judges (None: never): past it, speech events would trail the audio."""
+
     allowed_origins: tuple[str, ...] = ()
     """When non-empty, a socket whose `Origin` header (browsers send one) is not listed is refused with
     `origin_not_allowed` (close 1008), so other web pages cannot use a visitor's network position; clients

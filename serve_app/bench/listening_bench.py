@@ -2,9 +2,9 @@
 
 `python -m serve_app.bench.listening_bench [--wav tests/fixtures/speech/sentences.wav] [--url ws://...]`
 
-- VAD: N streams (`--streams`, default 1 and 16) through `VadStream` in 80 ms chunks on one thread, as the
-  ingress's vad thread runs them: CPU seconds per second of audio per stream, and the share of a core N
-  streams take.
+- VAD: N streams (`--streams`, default 1 and 16) through `VadStream` in 80 ms chunks on one thread, judged
+  in one batched inference per chunk as the ingress's vad thread does: CPU per second of audio per stream,
+  and the share of a core N streams take.
 - ASR: each turn the VAD found, transcribed by every configured backend kind that runs offline
   (pocketsphinx): CPU per second of audio and wall time per turn, which is the latency the backend adds
   after the speech stopped (the VAD itself decides `silence_duration_ms` after the speech ends).
@@ -57,10 +57,13 @@ def vad_cost(pcm: npt.NDArray[np.float32], streams: int) -> dict[str, Any]:
     events: list[SpeechStarted | SpeechStopped] = []
     for start in range(0, len(pcm), FRAME_SAMPLES):
         chunk = pcm[start : start + FRAME_SAMPLES]
+        for vad in vads:  # as the ingress's vad thread does it: feed everyone, judge in one batch
+            vad.feed(chunk)
+        found = model.run([vad.silero for vad in vads])
         for k, vad in enumerate(vads):
-            found = vad.push(chunk)
+            judged = vad.judge(found[vad.silero])
             if k == 0:
-                events += found
+                events += judged
     cpu = time.process_time() - started
     audio_s = len(pcm) / SAMPLE_RATE
     return {
@@ -159,7 +162,7 @@ async def through_server(url: str, pcm: npt.NDArray[np.float32], model: str) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve_app.bench.listening_bench", description=__doc__)
     parser.add_argument("--wav", type=Path, default=DEFAULT_WAV)
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--url", help="a running server's /v1/realtime URL (optional)")
     parser.add_argument("--model", default="moshi-sft")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))

@@ -53,13 +53,26 @@ class SileroVad:
         return SileroStream(self)
 
     def infer(
-        self, window: npt.NDArray[np.float32], state: npt.NDArray[np.float32]
-    ) -> tuple[float, npt.NDArray[np.float32]]:
-        """One window (CONTEXT + WINDOW samples) → (speech probability, next state)."""
-        probability, next_state = self._session.run(
-            None, {"input": window[np.newaxis, :], "state": state, "sr": self._rate}
+        self, windows: npt.NDArray[np.float32], states: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """A batch: windows [B, CONTEXT + WINDOW], states [2, B, 128] → (probabilities [B], states)."""
+        probabilities, next_states = self._session.run(
+            None, {"input": windows, "state": states, "sr": self._rate}
         )
-        return float(probability[0, 0]), next_state
+        return probabilities[:, 0], next_states
+
+    def run(self, streams: list[SileroStream]) -> dict[SileroStream, list[float]]:
+        """Judge every complete window the streams hold, one batched inference per round: batching many
+        sessions' windows halves the model's cost per window (the tiny model is mostly call overhead)."""
+        found: dict[SileroStream, list[float]] = {stream: [] for stream in streams}
+        while ready := [stream for stream in streams if stream.ready]:
+            windows = np.stack([stream.window() for stream in ready])
+            states = np.concatenate([stream.state for stream in ready], axis=1)
+            probabilities, next_states = self.infer(windows, states)
+            for k, stream in enumerate(ready):
+                stream.advance(next_states[:, k : k + 1, :])
+                found[stream].append(float(probabilities[k]))
+        return found
 
 
 class SileroStream:
@@ -67,16 +80,25 @@ class SileroStream:
 
     def __init__(self, model: SileroVad) -> None:
         self._model = model
-        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self.state = np.zeros((2, 1, 128), dtype=np.float32)
         self._pending = np.zeros(CONTEXT, dtype=np.float32)
         """The context (last CONTEXT samples judged) followed by samples not yet judged."""
 
-    def push(self, pcm: npt.NDArray[np.float32]) -> list[float]:
+    def feed(self, pcm: npt.NDArray[np.float32]) -> None:
         self._pending = np.concatenate([self._pending, np.asarray(pcm, dtype=np.float32)])
-        probabilities = []
-        while len(self._pending) >= CONTEXT + WINDOW:
-            window = self._pending[: CONTEXT + WINDOW]
-            probability, self._state = self._model.infer(window, self._state)
-            probabilities.append(probability)
-            self._pending = self._pending[WINDOW:]
-        return probabilities
+
+    @property
+    def ready(self) -> bool:
+        return len(self._pending) >= CONTEXT + WINDOW
+
+    def window(self) -> npt.NDArray[np.float32]:
+        return self._pending[: CONTEXT + WINDOW]
+
+    def advance(self, state: npt.NDArray[np.float32]) -> None:
+        self.state = np.ascontiguousarray(state)
+        self._pending = self._pending[WINDOW:]
+
+    def push(self, pcm: npt.NDArray[np.float32]) -> list[float]:
+        """Feed and judge this stream alone."""
+        self.feed(pcm)
+        return self._model.run([self])[self]

@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 from serve_app.constants import SAMPLE_RATE
 from serve_app.listening.segmenter import TurnSegmenter, VadEvent, VadParams
-from serve_app.listening.silero import WINDOW_MS, SileroVad
+from serve_app.listening.silero import WINDOW_MS, SileroStream, SileroVad
 from serve_app.protocol.resample import To16k
 
 
@@ -32,10 +32,23 @@ class VadStream:
     def speaking(self) -> bool:
         return self._segmenter.speaking
 
-    def push(self, pcm: npt.NDArray[np.float32]) -> list[VadEvent]:
+    @property
+    def silero(self) -> SileroStream:
+        return self._silero
+
+    def feed(self, pcm: npt.NDArray[np.float32]) -> None:
+        """Take input; its windows are judged by the next `SileroVad.run` over this stream's `silero`."""
+        self._silero.feed(self._resample.process(pcm))
+
+    def judge(self, probabilities: list[float]) -> list[VadEvent]:
         events = []
-        for probability in self._silero.push(self._resample.process(pcm)):
+        for probability in probabilities:
             event = self._segmenter.push(probability)
             if event is not None:
                 events.append(event)
         return events
+
+    def push(self, pcm: npt.NDArray[np.float32]) -> list[VadEvent]:
+        """Feed and judge this stream alone (the ingress batches many: serve_app/server/listener.py)."""
+        self.feed(pcm)
+        return self.judge(self._silero.push(np.zeros(0, dtype=np.float32)))

@@ -143,6 +143,7 @@ class _RealtimeConnection:
         )
         server = config.server
         self.outbox = SendQueue(max_bytes=server.send_queue_bytes, max_audio_ms=server.send_queue_audio_ms)
+        self.vad = shared.vad
         self.listener = SessionListener(shared.vad, self.session, self._flush)
         self.transcriber = TranscriptionPump(shared.transcription, self.session, self._flush)
         self.stream: SlotStream | None = None
@@ -189,6 +190,10 @@ class _RealtimeConnection:
         limit_ms = self.config.server.max_loop_lag_ms
         if limit_ms is not None and 1000 * self.loop_lag.recent_s > limit_ms:
             logger.info("ingress loop %.0f ms late: refusing", 1000 * self.loop_lag.recent_s, extra=self.log)
+            return "server_at_capacity"
+        vad_limit_ms = self.config.server.max_vad_lag_ms
+        if vad_limit_ms is not None and 1000 * self.vad.lag_s > vad_limit_ms:
+            logger.info("server VAD %.0f ms late: refusing", 1000 * self.vad.lag_s, extra=self.log)
             return "server_at_capacity"
         return None
 
