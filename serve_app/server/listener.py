@@ -30,6 +30,7 @@ logger = logging.getLogger("moshi_realtime.vad")
 
 LAG_MEMORY_S = 2.0
 
+
 @dataclass
 class _Request:
     stream: VadStream
