@@ -12,7 +12,7 @@ class AsrBackendConfig(BaseModel):
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     """What a session names as its transcription `model` to pick this backend."""
-    kind: Literal["pocketsphinx", "openai"]
+    kind: Literal["pocketsphinx", "openai", "faster_whisper"]
     base_url: str | None = None
     """openai: the API's base URL (None: OpenAI's own)."""
     model: str | None = None
@@ -20,6 +20,19 @@ class AsrBackendConfig(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
     """openai: the environment variable holding the API key (keys never go in config files)."""
     timeout_s: float = Field(default=30.0, gt=0)
+    model_dir: str | None = None
+    """faster_whisper: a converted (CTranslate2) model directory on disk; never downloaded."""
+    device: str = "cpu"
+    """faster_whisper: cpu, cuda or auto (a GPU also needs num_gpus on the RealtimeAsr deployment)."""
+    compute_type: str = "default"
+    """faster_whisper: int8, float16, int8_float16, ... (CTranslate2's names)."""
+    beam_size: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _needs_its_fields(self) -> AsrBackendConfig:
+        if self.kind == "faster_whisper" and not self.model_dir:
+            raise ValueError(f"ASR backend {self.id!r}: kind faster_whisper needs model_dir")
+        return self
 
 
 class AsrConfig(BaseModel):

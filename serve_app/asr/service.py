@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +17,16 @@ def build_transcriber(config: AsrBackendConfig) -> Transcriber:
         from serve_app.asr.pocketsphinx_backend import PocketsphinxTranscriber
 
         return PocketsphinxTranscriber()
+    if config.kind == "faster_whisper":
+        from serve_app.asr.faster_whisper_backend import FasterWhisperTranscriber
+
+        assert config.model_dir is not None  # validated
+        return FasterWhisperTranscriber(
+            Path(config.model_dir),
+            device=config.device,
+            compute_type=config.compute_type,
+            beam_size=config.beam_size,
+        )
     from serve_app.asr.openai_backend import OpenAITranscriber
 
     return OpenAITranscriber(
