@@ -32,8 +32,8 @@ serve: install
 	$(PY) -m serve_app.run --config configs/local.yaml --host 127.0.0.1 --port $(PORT)
 
 lint: install
-	$(VENV)/bin/ruff check serve_app deployments tests
-	$(VENV)/bin/ruff format --check serve_app deployments tests
+	$(VENV)/bin/ruff check serve_app deployments tests examples
+	$(VENV)/bin/ruff format --check serve_app deployments tests examples
 
 typecheck: install
 	$(VENV)/bin/mypy serve_app deployments

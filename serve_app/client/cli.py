@@ -1,7 +1,8 @@
 """`python -m serve_app.client --input speech.wav --output moshi.wav`: stream a WAV in real time, save Moshi.
 
 It uses the official `openai` SDK, so it is also the shortest example of a client. Moshi's audio is written
-on the input's timeline (silence where Moshi did not speak), so the two files line up.
+on the input's timeline (silence where Moshi did not speak): the output is exactly as long as the input plus
+the `--tail-s` of silence sent after it for Moshi to finish, so the two files line up sample for sample.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import websockets
 from openai import AsyncOpenAI
 
 from serve_app.constants import BYTES_PER_SAMPLE_PCM16, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
@@ -55,6 +57,12 @@ class Conversation:
     transcript: list[str] = field(default_factory=list)
     responses: int = 0
     errors: list[str] = field(default_factory=list)
+    mid_line: bool = False
+    """Transcript text was printed since the last newline."""
+
+    def fit(self, length: int) -> bytes:
+        """The audio padded with silence or cut to exactly `length` bytes (the input's timeline)."""
+        return bytes(self.audio[:length]) + b"\0" * max(0, length - len(self.audio))
 
     def place(self, delta: bytes, at_byte: int) -> None:
         # Moshi answers at most one frame per input frame; never write before what was already placed.
@@ -93,9 +101,11 @@ async def converse(
                 elif event.type in _TRANSCRIPT_DELTA:
                     result.transcript.append(event.delta)
                     print(event.delta, end="", flush=True)
+                    result.mid_line = True
                 elif event.type == "response.done":
                     result.responses += 1
                     print(f"  [{event.response.status}]", flush=True)
+                    result.mid_line = False
                 elif event.type == "error":
                     result.errors.append(f"{event.error.code}: {event.error.message}")
                     print(f"error: {event.error.code}: {event.error.message}", file=sys.stderr)
@@ -107,22 +117,50 @@ async def converse(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve_app.client", description=__doc__)
     parser.add_argument(
-        "--url", default="ws://127.0.0.1:8000/v1", help="WebSocket base URL (default: %(default)s)"
+        "--url",
+        default="ws://127.0.0.1:8000/v1",
+        help="WebSocket base URL (default: %(default)s, where `make serve` listens; `make serve PORT=8123` "
+        "needs --url ws://127.0.0.1:8123/v1)",
     )
     parser.add_argument("--model", default="moshi-sft")
     parser.add_argument("--input", type=Path, required=True, help="24 kHz mono 16-bit WAV")
     parser.add_argument("--output", type=Path, help="where to write Moshi's audio (WAV)")
     parser.add_argument("--api-key", default="unused")
     parser.add_argument("--beta", action="store_true", help="speak the beta dialect")
+    parser.add_argument(
+        "--tail-s", type=float, default=2.0, help="silence sent after the input for Moshi to finish"
+    )
     args = parser.parse_args(argv)
     try:
         pcm = read_pcm16(args.input)
     except (WavFormatError, OSError, wave.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = asyncio.run(converse(args.url, args.model, pcm, api_key=args.api_key, beta=args.beta))
+    try:
+        result = asyncio.run(
+            converse(args.url, args.model, pcm, api_key=args.api_key, beta=args.beta, tail_s=args.tail_s)
+        )
+    except OSError as exc:  # nothing listening, DNS, TLS
+        print(
+            f"error: cannot connect to {args.url} ({exc}); is the server running (make serve)?",
+            file=sys.stderr,
+        )
+        return 3
+    except websockets.ConnectionClosed as exc:
+        # A refusal (unknown model, full, bad key) arrives as an error event before the close: already shown.
+        print(
+            f"error: the server closed the session ({exc.rcvd.code if exc.rcvd else 'no close frame'})",
+            file=sys.stderr,
+        )
+        return 1
+    length = len(pcm) + int(args.tail_s * SAMPLE_RATE) * BYTES_PER_SAMPLE_PCM16
+    audio = result.fit(length)
     if args.output is not None:
-        write_pcm16(args.output, bytes(result.audio))
-    seconds = len(result.audio) / (BYTES_PER_SAMPLE_PCM16 * SAMPLE_RATE)
-    print(f"{result.responses} response(s), {seconds:.1f} s of audio")
+        write_pcm16(args.output, audio)
+    if result.mid_line:
+        print()
+    print(
+        f"{result.responses} response(s); wrote {len(audio) / (BYTES_PER_SAMPLE_PCM16 * SAMPLE_RATE):.2f} s "
+        f"(the input's {len(pcm) / (BYTES_PER_SAMPLE_PCM16 * SAMPLE_RATE):.2f} s + {args.tail_s:g} s tail)"
+    )
     return 1 if result.errors else 0

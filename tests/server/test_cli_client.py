@@ -37,7 +37,30 @@ def test_cli_streams_a_wav_and_saves_moshis_audio(
     with wave.open(str(answer), "rb") as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (SAMPLE_RATE, 1, 2)
         pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    assert pcm.size > SAMPLE_RATE // 2 and np.abs(pcm).max() > 0
+    assert pcm.size == 8 * SAMPLE_RATE + 2 * SAMPLE_RATE  # the input's timeline plus the 2 s tail, exactly
+    assert np.abs(pcm).max() > 0
+    summary = out.rstrip().splitlines()[-1]
+    assert summary.startswith(("1 response", "2 response", "3 response")) and "wrote 10.00 s" in summary
+
+
+def test_cli_says_in_words_when_no_server_listens(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tests.fixtures.net import free_port
+
+    source = tmp_path / "in.wav"
+    write_pcm16(source, to_pcm16(speech_like(0.5, seed=1)))
+    assert main(["--url", f"ws://127.0.0.1:{free_port()}/v1", "--input", str(source)]) == 3
+    err = capsys.readouterr().err
+    assert "cannot connect to ws://127.0.0.1:" in err and "make serve" in err and "Traceback" not in err
+
+
+def test_cli_reports_an_unknown_model_without_a_traceback(
+    local_server: RunningServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "in.wav"
+    write_pcm16(source, to_pcm16(speech_like(0.5, seed=1)))
+    code = main(["--url", local_server.ws_base, "--model", "no-such-model", "--input", str(source)])
+    err = capsys.readouterr().err
+    assert code == 1 and "model_not_found" in err and "Traceback" not in err
 
 
 def test_cli_refuses_a_wav_it_cannot_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
