@@ -84,7 +84,13 @@ class SessionConfig(BaseModel):
         return cls(
             instructions=settings.default_instructions,
             voice=settings.default_voice,
-            turn_detection=None if detection is None else TurnDetection.from_wire({"type": detection}),
+            turn_detection=(
+                None
+                if detection is None
+                else TurnDetection.from_wire(
+                    {"type": detection, "interrupt_response": settings.default_interrupt_response}
+                )
+            ),
         )
 
     @property

@@ -57,6 +57,12 @@ class SessionSettings(BaseModel):
 
     default_turn_detection: Literal["server_vad", "semantic_vad"] | None = "server_vad"
 
+    default_interrupt_response: bool = True
+    """A new session's `turn_detection.interrupt_response` (the hosted service's default: on). When on, the
+    user starting to speak cancels the response Moshi is streaming; a talker who pauses and resumes often
+    can so cut every reply short. Full-duplex deployments that want Moshi heard over the user set it off
+    (clients can still turn it on per session)."""
+
     max_session_s: int = Field(default=3600, ge=1)
     """A session ends with `session_expired` this long after it opened (reported as session.expires_at)."""
 

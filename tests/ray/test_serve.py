@@ -209,15 +209,14 @@ async def test_upscale_never_moves_a_live_session(cluster: Cluster) -> None:
 async def test_concurrent_sessions_on_two_model_types_complete_a_response(cluster: Cluster) -> None:
     async def converse(model: str, seed: int) -> None:
         async with live_session(cluster, model, speak_s=30, seed=seed) as session:
-            done = await session.wait_for(
-                lambda e: e.type == "response.done" and e.response.status == "completed", timeout=60
+            # Server VAD stays on; its barge-in would cancel Moshi each time the talker resumes (a bursty
+            # talker can keep every response from completing), which is not what this test is about.
+            detection = {"type": "server_vad", "interrupt_response": False}
+            await session.conn.session.update(
+                session={"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
             )
-            for other in session.of_type("response.done"):
-                # Server VAD's barge-in (interrupt_response, on by default) may cancel one Moshi started
-                # while the user was quiet; nothing else ends a response early here.
-                assert other.response.status == "completed" or (
-                    other.response.status_details.reason == "turn_detected"
-                ), other
+            done = await session.wait_for(lambda e: e.type == "response.done", timeout=60)
+            assert done.response.status == "completed"
             audio = [
                 e for e in session.of_type("response.output_audio.delta") if e.response_id == done.response.id
             ]

@@ -74,3 +74,14 @@ def test_a_waiting_response_is_not_interrupted(h: Harness) -> None:
     h.session.speech_started(audio_start_ms=0)
     assert types_of(h.events()) == ["input_audio_buffer.speech_started"]
     assert h.session.active_response_id is not None
+
+
+def test_the_server_can_start_sessions_without_barge_in(dialect: Dialect) -> None:
+    from .conftest import FAST
+
+    h = Harness(dialect, FAST.model_copy(update={"default_interrupt_response": False}))
+    detection = h.session.config.turn_detection
+    assert detection is not None and detection.interrupt_response is False
+    h.frames(2, speaking=True, text="hi")
+    h.session.speech_started(audio_start_ms=0)
+    assert types_of(h.events()) == ["input_audio_buffer.speech_started"]
