@@ -22,9 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi is imported (through serve_app.engine)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import sentencepiece
 import torch

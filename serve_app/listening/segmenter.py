@@ -73,7 +73,3 @@ class TurnSegmenter:
             self._speaking = False
             return SpeechStopped(round(end_ms))
         return None
-
-    def reset(self) -> None:
-        """Forget a speech in progress (turn detection switched off); the timeline goes on."""
-        self._speaking = False
