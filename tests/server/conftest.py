@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pytest
 import uvicorn
 
+from serve_app.asr.config import AsrBackendConfig, AsrConfig
 from serve_app.asr.service import AsrService
 from serve_app.config import AppConfig, ModelConfig, RealtimeLimits
 from serve_app.engine.spec import ModelSpec
@@ -19,6 +20,8 @@ from serve_app.server.local_gateway import LocalGateway, build_local_gateway
 from serve_app.server.transcription import LocalTranscription
 from serve_app.session.settings import SessionSettings
 from tests.fixtures.net import free_port
+
+BROKEN_ASR = "broken-asr"
 
 
 @dataclass
@@ -49,6 +52,16 @@ def local_server() -> Iterator[RunningServer]:
         ),
         session=SessionSettings(utterance_silence_ms=480),
         server={"api_keys": (), "max_loop_lag_ms": None},
+        asr=AsrConfig(
+            backends=(
+                AsrBackendConfig(id="pocketsphinx", kind="pocketsphinx"),
+                # An OpenAI-compatible API nobody answers: sessions naming it see `.failed`.
+                AsrBackendConfig(
+                    id=BROKEN_ASR, kind="openai", base_url="http://127.0.0.1:9/v1", timeout_s=2.0
+                ),
+            ),
+            default="pocketsphinx",
+        ),
     )
     with serve_in_process(config) as server:
         yield server

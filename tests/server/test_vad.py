@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection
 from serve_app.constants import FRAME_SAMPLES
 from serve_app.protocol.codecs import encode_base64
 from tests.fixtures.speech import sentences, sentences_pcm16
-from tests.server.conftest import RunningServer
+from tests.server.conftest import BROKEN_ASR, RunningServer
 
 TOLERANCE_MS = 150
 VAD_EVENTS = ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped")
@@ -23,9 +23,10 @@ def url(server: RunningServer) -> str:
     return f"ws://{server.host}/v1/realtime?model=moshi-sft"
 
 
-async def send_fixture(ws: ClientConnection) -> None:
-    """The whole file in 80 ms appends, as fast as the socket takes them (VAD does not wait for Moshi)."""
-    pcm = sentences_pcm16()
+async def send_fixture(ws: ClientConnection, pcm: bytes | None = None) -> None:
+    """The file (or `pcm`) in 80 ms appends, as fast as the socket takes them (VAD does not wait for
+    Moshi)."""
+    pcm = sentences_pcm16() if pcm is None else pcm
     step = 2 * FRAME_SAMPLES
     for start in range(0, len(pcm), step):
         audio = encode_base64(pcm[start : start + step])
@@ -89,3 +90,33 @@ async def test_with_turn_detection_off_nothing_is_committed_until_the_client_com
         assert "input_audio_buffer.cleared" in [e["type"] for e in events]
         assert events[-1]["error"]["code"] == "input_audio_buffer_commit_empty"
         assert events[-1]["error"]["event_id"] == "empty"
+
+
+def transcription_update(model: str) -> str:
+    session = {"type": "realtime", "audio": {"input": {"transcription": {"model": model}}}}
+    return json.dumps({"type": "session.update", "session": session})
+
+
+async def test_each_turn_is_transcribed_and_a_failing_backend_says_why(local_server: RunningServer) -> None:
+    known = sentences()
+    one_turn = sentences_pcm16()[: (known[0].end_ms + 1200) * 48]
+    async with websockets.connect(url(local_server)) as ws:
+        await ws.recv()
+        await ws.send(transcription_update("whisper-1"))  # no such backend: the default (pocketsphinx)
+        await send_fixture(ws, one_turn)
+        events = await collect(ws, "conversation.item.input_audio_transcription.completed", 1)
+        done = events[-1]
+        assert done["transcript"] == known[0].text and done["usage"]["type"] == "duration"
+        deltas = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.delta"]
+        assert [d["delta"] for d in deltas] == [known[0].text] and deltas[0]["item_id"] == done["item_id"]
+    async with websockets.connect(url(local_server)) as ws:
+        await ws.recv()
+        await ws.send(transcription_update(BROKEN_ASR))
+        await send_fixture(ws, one_turn)
+        events = await collect(ws, "conversation.item.input_audio_transcription.failed", 1)
+        failed = events[-1]
+        assert failed["error"]["code"] == "transcription_failed"
+        assert "transcription API failed" in failed["error"]["message"]
+        await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))  # the session goes on
+        cleared = await collect(ws, "input_audio_buffer.cleared", 1)
+        assert cleared[-1]["type"] == "input_audio_buffer.cleared"
