@@ -121,9 +121,17 @@ async def live_session(
 
 
 async def admitted_session(
-    stack: contextlib.AsyncExitStack, cluster: Cluster, model: str, speak_s: float, seed: int, within_s: float
+    stack: contextlib.AsyncExitStack,
+    cluster: Cluster,
+    model: str,
+    speak_s: float,
+    seed: int,
+    within_s: float,
+    *,
+    until_reachable: bool = False,
 ) -> LiveSession:
-    """A live session, retried while the server answers `server_at_capacity` (and nothing else)."""
+    """A live session, retried while the server answers `server_at_capacity` (and nothing else), or, with
+    `until_reachable`, while no ingress answers the handshake yet (one being replaced)."""
     deadline = time.monotonic() + within_s
     while True:
         try:
@@ -131,7 +139,10 @@ async def admitted_session(
         except Refused as refused:
             assert refused.code == "server_at_capacity", refused.code
             assert time.monotonic() < deadline, "still refused"
-            await asyncio.sleep(1.0)
+        except (OSError, TimeoutError, websockets.InvalidHandshake):
+            if not until_reachable or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(1.0)
 
 
 async def ledger(cluster: Cluster) -> dict[str, dict[str, int]]:
@@ -489,7 +500,9 @@ async def test_killed_ingress_drops_its_sockets_frees_their_slots_and_comes_back
             assert session.closed_at is not None and session.closed_at - killed_at < 2.0
     async with contextlib.AsyncExitStack() as stack:
         fresh = [
-            await admitted_session(stack, cluster, "moshi-base", speak_s=20, seed=50 + i, within_s=120)
+            await admitted_session(
+                stack, cluster, "moshi-base", speak_s=20, seed=50 + i, within_s=120, until_reachable=True
+            )
             for i in range(capacity)
         ]
         await wait_frames(cluster, fresh, {}, timeout=30)
