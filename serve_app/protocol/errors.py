@@ -106,6 +106,12 @@ ERRORS: Final = MappingProxyType(
             "Reconnect to start a new session.",
         ),
         "server_error": ErrorSpec(SERVER_ERROR, "The server had an error while processing this session."),
+        # Reported while the session goes on (RealtimeSession.report).
+        "server_vad_failed": ErrorSpec(
+            SERVER_ERROR,
+            "Server VAD failed for this session and is off for the rest of it: commit input audio with "
+            "input_audio_buffer.commit. Moshi still hears everything.",
+        ),
         # Session limits (the session or the socket shell ends the session with these).
         "session_expired": ErrorSpec(
             CLIENT_ERROR, "Your session hit the maximum duration of {limit_s} seconds. Reconnect to go on."

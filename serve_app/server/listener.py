@@ -155,6 +155,8 @@ class SessionListener:
         self._stream: VadStream | None = None
         self._heard_samples = 0
         """Input so far: a stream started later (turn detection switched on) starts its timeline here."""
+        self._failed = False
+        """VAD broke for this session: it goes on without it (the client was told)."""
 
     def hear(self, pcm: npt.NDArray[np.float32]) -> None:
         """The PCM the session just forwarded to Moshi, in order (called from the read pump)."""
@@ -169,10 +171,19 @@ class SessionListener:
             if not pcm or self._session.closed:
                 continue
             audio = np.concatenate(pcm)
-            stream = await self._stream_for(self._session.config.turn_detection)
+            stream = None if self._failed else await self._stream_for(self._session.config.turn_detection)
             self._heard_samples += len(audio)
-            if stream is not None:
-                self._apply(await self._worker.push(stream, audio))
+            if stream is None:
+                continue
+            try:
+                events = await self._worker.push(stream, audio)
+            except Exception:  # a VAD fault costs the session its turn detection, not the session
+                logger.exception("server VAD failed", extra={"session_id": self._session.session_id})
+                self._failed = True
+                self._session.report("server_vad_failed")
+                self._flush()
+                continue
+            self._apply(events)
 
     async def _stream_for(self, detection: TurnDetection | None) -> VadStream | None:
         if detection is None:

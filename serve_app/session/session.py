@@ -715,6 +715,13 @@ class RealtimeSession:
             expires_at=self._expires_at,
         )
 
+    def report(self, code: str) -> None:
+        """A server-side `error` the session survives (server_vad_failed): told, nothing ends."""
+        if self.closed:
+            return
+        error_type, text = render(code)
+        self._emit(error_payload(code, text, error_type=error_type))
+
     def _client_error(self, error: ClientError) -> None:
         logger.info("client event rejected", extra={**self._log, "code": error.code, "param": error.param})
         self._emit(
