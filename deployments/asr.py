@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.asr.backend import TranscriptionFailed
 from serve_app.asr.config import AsrConfig
 from serve_app.asr.service import AsrService
+from serve_app.protocol.codecs import float_to_pcm16, pcm16_from_bytes, pcm16_to_bytes, pcm16_to_float
 
 logger = logging.getLogger("ray.serve")
 
@@ -37,7 +38,7 @@ class AsrReplica:
         self, pcm16: bytes, model: str | None, language: str | None, prompt: str | None
     ) -> dict[str, str]:
         """{"text": ...} or {"error": reason}."""
-        pcm = (np.frombuffer(pcm16, dtype="<i2") / 32768).astype(np.float32)
+        pcm = pcm16_to_float(pcm16_from_bytes(pcm16))
         try:
             text = await asyncio.to_thread(
                 self._service.transcribe, pcm, model=model, language=language, prompt=prompt
@@ -54,7 +55,7 @@ class RayTranscription:
     async def transcribe(
         self, pcm: npt.NDArray[np.float32], *, model: str | None, language: str | None, prompt: str | None
     ) -> str:
-        pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
+        pcm16 = pcm16_to_bytes(float_to_pcm16(pcm))
         try:
             answer: dict[str, str] = await asyncio.wait_for(
                 self._handle.transcribe.remote(pcm16, model, language, prompt), CALL_TIMEOUT_S

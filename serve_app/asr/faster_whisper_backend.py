@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import resample_poly
 
 from serve_app.asr.backend import TranscriptionFailed
+from serve_app.protocol.resample import To16k
 
 REQUIRED = ("model.bin", "config.json", "tokenizer.json")
 VOCABULARY = ("vocabulary.json", "vocabulary.txt")
@@ -50,7 +50,7 @@ class FasterWhisperTranscriber:
     def transcribe(
         self, pcm: npt.NDArray[np.float32], *, language: str | None = None, prompt: str | None = None
     ) -> str:
-        audio = resample_poly(np.asarray(pcm, dtype=np.float64), 2, 3).astype(np.float32)  # 16 kHz
+        audio = To16k().process(pcm)
         try:
             with self._lock:
                 segments, _ = self._model.transcribe(

@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from serve_app.asr.backend import TranscriptionFailed
 from serve_app.constants import SAMPLE_RATE
+from serve_app.protocol.codecs import float_to_pcm16, pcm16_to_bytes
 
 
 def wav_bytes(pcm: npt.NDArray[np.float32]) -> bytes:
@@ -20,7 +21,7 @@ def wav_bytes(pcm: npt.NDArray[np.float32]) -> bytes:
         f.setnchannels(1)
         f.setsampwidth(2)
         f.setframerate(SAMPLE_RATE)
-        f.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
+        f.writeframes(pcm16_to_bytes(float_to_pcm16(pcm)))
     return buffer.getvalue()
 
 

@@ -10,9 +10,10 @@ import threading
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import resample_poly
 
 from serve_app.asr.backend import TranscriptionFailed
+from serve_app.protocol.codecs import float_to_pcm16, pcm16_to_bytes
+from serve_app.protocol.resample import To16k
 
 RATE = 16_000
 
@@ -30,8 +31,7 @@ class PocketsphinxTranscriber:
         del prompt  # pocketsphinx has no prompting
         if language not in (None, "", "en") and not str(language).startswith("en"):
             raise TranscriptionFailed(f"the pocketsphinx backend transcribes English only, not {language!r}")
-        audio = resample_poly(np.asarray(pcm, dtype=np.float64), 2, 3)
-        samples = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+        samples = pcm16_to_bytes(float_to_pcm16(To16k().process(pcm)))
         with self._lock:
             self._decoder.start_utt()
             self._decoder.process_raw(samples, full_utt=True)

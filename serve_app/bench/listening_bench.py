@@ -35,6 +35,7 @@ from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
 from serve_app.listening.segmenter import SpeechStarted, SpeechStopped, VadParams
 from serve_app.listening.silero import SileroVad
 from serve_app.listening.vad_stream import VadStream
+from serve_app.protocol.codecs import float_to_pcm16, pcm16_from_bytes, pcm16_to_bytes, pcm16_to_float
 
 DEFAULT_WAV = Path("tests/fixtures/speech/sentences.wav")
 TRANSCRIPTION_DONE = (
@@ -47,7 +48,7 @@ def read_wav(path: Path) -> npt.NDArray[np.float32]:
     with wave.open(str(path)) as f:
         if (f.getframerate(), f.getnchannels(), f.getsampwidth()) != (SAMPLE_RATE, 1, 2):
             raise SystemExit(f"{path}: need 24 kHz mono PCM16")
-        return (np.frombuffer(f.readframes(f.getnframes()), dtype="<i2") / 32768).astype(np.float32)
+        return pcm16_to_float(pcm16_from_bytes(f.readframes(f.getnframes())))
 
 
 def vad_cost(pcm: npt.NDArray[np.float32], streams: int) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def asr_cost(spans: list[npt.NDArray[np.float32]]) -> dict[str, Any]:
 async def through_server(url: str, pcm: npt.NDArray[np.float32], model: str) -> dict[str, Any]:
     import websockets
 
-    pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm16 = pcm16_to_bytes(float_to_pcm16(pcm))
     stopped: dict[str, float] = {}
     latency: list[float] = []
     texts: list[str] = []

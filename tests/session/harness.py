@@ -102,6 +102,13 @@ def b64_pcm16(samples: np.ndarray[Any, Any] | int) -> str:
     return base64.b64encode(pcm.tobytes()).decode()
 
 
+BETA_INPUT_NAMES = {
+    "transcription": "input_audio_transcription",
+    "noise_reduction": "input_audio_noise_reduction",
+}
+"""GA audio.input field → the beta session's flat name (turn_detection is spelled the same)."""
+
+
 class Harness:
     """Drives one session; every drained event is strict-checked, and event ids must never repeat."""
 
@@ -156,6 +163,15 @@ class Harness:
             out.append(event)
         self.log.extend(out)
         return out
+
+    def update_input(self, **fields: Any) -> list[dict[str, Any]]:
+        """A session.update of input settings (turn_detection, transcription, noise_reduction) in the
+        dialect's shape: GA nests them under audio.input, beta spells them flat."""
+        if self.dialect is Dialect.GA:
+            session: dict[str, Any] = {"type": "realtime", "audio": {"input": fields}}
+        else:
+            session = {BETA_INPUT_NAMES.get(name, name): value for name, value in fields.items()}
+        return self.send({"type": "session.update", "session": session})
 
     def append(self, samples: int) -> list[dict[str, Any]]:
         return self.send({"type": "input_audio_buffer.append", "audio": b64_pcm16(samples)})

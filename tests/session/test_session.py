@@ -925,16 +925,10 @@ def test_fail_mid_session_with_a_custom_message(h: Harness) -> None:
 
 
 def test_transcription_hook(h: Harness) -> None:
-    transcription = {"model": "whisper-1"}
-    update = (
-        {"type": "realtime", "audio": {"input": {"transcription": transcription}}}
-        if h.dialect is Dialect.GA
-        else {"input_audio_transcription": transcription}
-    )
     h.append(2400)
     h.send({"type": "input_audio_buffer.commit"})
     assert h.session.transcription_requests() == []  # off by default
-    h.send({"type": "session.update", "session": update})
+    h.update_input(transcription={"model": "whisper-1"})
     h.append(4800)
     item_id = h.send({"type": "input_audio_buffer.commit"})[0]["item_id"]
     (request,) = h.session.transcription_requests()
@@ -1065,13 +1059,7 @@ def test_every_server_event_we_emit_is_strictly_validated(dialect: Dialect) -> N
     h = Harness(dialect, FAST, connect=False)
     h.session.connect()
     h.events()
-    transcription = {"model": "whisper-1"}
-    update = (
-        {"type": "realtime", "audio": {"input": {"transcription": transcription}}}
-        if dialect is Dialect.GA
-        else {"input_audio_transcription": transcription}
-    )
-    h.send({"type": "session.update", "session": update})
+    h.update_input(transcription={"model": "whisper-1"})
     h.append(4800)
     item_id = h.send({"type": "input_audio_buffer.commit"})[0]["item_id"]
     h.session.input_transcription_completed(item_id, "hi")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from serve_app.protocol.dialect import Dialect
 from serve_app.session.conversation import UserAudioItem
 
@@ -14,14 +12,6 @@ def item_ms(h: Harness, item_id: str) -> float:
     item = h.session.conversation.get(item_id)
     assert isinstance(item, UserAudioItem)
     return item.duration_ms
-
-
-def turn_detection_update(h: Harness, detection: dict[str, Any] | None) -> dict[str, Any]:
-    if h.dialect is Dialect.GA:
-        session = {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
-    else:
-        session = {"turn_detection": detection}
-    return {"type": "session.update", "session": session}
 
 
 def test_speech_start_drops_audio_before_its_prefix_padding(h: Harness) -> None:
@@ -61,7 +51,7 @@ def test_a_start_while_moshi_speaks_cancels_its_response_and_mutes_the_rest_of_t
 
 def test_without_interrupt_response_moshi_keeps_speaking(h: Harness) -> None:
     detection = {"type": "server_vad", "interrupt_response": False}
-    assert types_of(h.send(turn_detection_update(h, detection))) == ["session.updated"]
+    assert types_of(h.update_input(turn_detection=detection)) == ["session.updated"]
     h.frames(2, speaking=True, text="hi")
     h.session.speech_started(audio_start_ms=0)
     assert types_of(h.events()) == ["input_audio_buffer.speech_started"]
