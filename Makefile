@@ -8,6 +8,11 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 MOSHI_SPEC ?= moshi==0.2.13
 
+# The browser-demo test drives Debian's Chromium (tests/browser); installed on first `make test`.
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 export HF_HUB_OFFLINE ?= 1
 export NO_TORCH_COMPILE ?= 1
 export RAY_AUTH_MODE ?= disabled
@@ -38,7 +43,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy serve_app deployments
 
-unit: install
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+unit: install $(CHROMIUM)
 	$(PY) -m pytest -q
 
 test: lint typecheck unit

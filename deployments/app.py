@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments.asr import AsrDeployment
+from deployments.asr import STREAM_CALLS, AsrDeployment
 from deployments.ingress import IngressDeployment
 from deployments.model import ModelDeployment
 from serve_app.config import load_config
@@ -28,7 +28,10 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for model in config.models
     }
-    asr = AsrDeployment.bind(config.asr.model_dump(mode="json"))
+    streaming = config.asr.streaming_backend
+    # A streaming ASR session holds one ongoing request (its lease) for its life; turn calls need room too.
+    asr_requests = STREAM_CALLS + (streaming.engine_config().max_sessions if streaming else 0)
+    asr = AsrDeployment.options(max_ongoing_requests=asr_requests).bind(config.asr.model_dump(mode="json"))
     return IngressDeployment.bind(config.model_dump(mode="json"), models, asr)
 
 

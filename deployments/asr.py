@@ -1,15 +1,19 @@
-"""ASR deployment: input transcription of committed user turns, a Ray Serve deployment of its own.
+"""ASR deployment: input transcription, a Ray Serve deployment of its own.
 
 CPU by default (pocketsphinx), GPU-capable through its `ray_actor_options`, scaled (replicas, autoscaling)
-in the Serve YAML like the model deployments. Each call is one turn: PCM16 bytes in, text out; a
-backend's failure comes back as its reason, so the session sends `.failed` in words. `RayTranscription` is
-the ingress side (serve_app.server.transcription.TranscriptionPort over a deployment handle).
+in the Serve YAML like the model deployments. Turn-by-turn backends: each `transcribe` call is one
+committed turn, PCM16 bytes in, text out; a backend's failure comes back as its reason, so the session
+sends `.failed` in words. `RayTranscription` is the ingress side of those (TranscriptionPort over a
+deployment handle). The streaming backend (Kyutai STT) runs on engine slots in the same replica: a
+session leases one through `session_stream`, exactly as it leases a Moshi slot from a model replica
+(deployments/slot_host.py), and its audio and text ride the frame channel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -18,6 +22,8 @@ from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
+from deployments.slot_host import SlotHost
+from deployments.wire import Admission, LeaseEnd
 from serve_app.asr.backend import TranscriptionFailed
 from serve_app.asr.config import AsrConfig
 from serve_app.asr.service import AsrService
@@ -29,10 +35,36 @@ ASR_DEPLOYMENT = "RealtimeAsr"
 CALL_TIMEOUT_S = 60.0
 
 
+STREAM_CALLS = 8
+"""Turn-by-turn calls a replica takes beside its stream leases (`max_ongoing_requests` = slots + this)."""
+
+
 class AsrReplica:
     async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]
-        self._service = AsrService(AsrConfig.model_validate(config))
+        asr = AsrConfig.model_validate(config)
+        self._service = AsrService(asr)
         await asyncio.to_thread(self._service.warm_up)  # load the backends before Serve marks us running
+        streaming = asr.streaming_backend
+        self._streams: SlotHost | None = None
+        if streaming is not None:
+            self._streams = SlotHost(streaming.engine_config(), text_only=True)
+            await self._streams.start()
+
+    async def session_stream(self, session_id: str) -> AsyncIterator[Admission | LeaseEnd]:
+        """A session's lease of a streaming-ASR slot (the same contract as a model replica's)."""
+        if self._streams is None:
+            raise RuntimeError("this ASR deployment has no streaming backend")
+        async for item in self._streams.session_stream(session_id):
+            yield item
+
+    def check_health(self) -> None:
+        if self._streams is not None:
+            self._streams.check_health()
+
+    def __del__(self) -> None:
+        streams = getattr(self, "_streams", None)
+        if streams is not None:
+            streams.stop()
 
     async def transcribe(
         self, pcm16: bytes, model: str | None, language: str | None, prompt: str | None

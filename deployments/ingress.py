@@ -15,7 +15,7 @@ from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
-from deployments.asr import RayTranscription
+from deployments.asr import ASR_DEPLOYMENT, RayTranscription
 from deployments.metrics import IngressMetrics
 from deployments.ray_gateway import DEFAULT_ADMISSION_TIMEOUT_S, RayGateway
 from serve_app.config import AppConfig
@@ -40,17 +40,31 @@ class RealtimeIngress:
         self._gateway = RayGateway(models, node_id, deployment_status=self._running_models)
         self._metrics = IngressMetrics(self._gateway.model_ids())
         self._transcription = RayTranscription(asr) if asr is not None else None
+        streaming = self._config.asr.streaming_backend
+        self._streaming_asr: RayGateway | None = None
+        if asr is not None and streaming is not None:
+            # The ASR deployment leases streaming slots like a model deployment, under the backend's id.
+            self._streaming_asr = RayGateway(
+                {streaming.id: asr},
+                node_id,
+                deployment_status=lambda: {streaming.id: self._running_models().get(ASR_DEPLOYMENT, False)},
+            )
         freeze_heap()  # Ray, Starlette and the SDK's event types: out of the collector's full passes
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """`serve deploy` can change these in place (no restart, live sessions untouched)."""
-        self._gateway.admission_timeout_s = float(
-            user_config.get("admission_timeout_s", DEFAULT_ADMISSION_TIMEOUT_S)
-        )
+        timeout_s = float(user_config.get("admission_timeout_s", DEFAULT_ADMISSION_TIMEOUT_S))
+        self._gateway.admission_timeout_s = timeout_s
+        if self._streaming_asr is not None:
+            self._streaming_asr.admission_timeout_s = timeout_s
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_realtime_app(
-            self._gateway, self._config, observer=self._metrics, transcription=self._transcription
+            self._gateway,
+            self._config,
+            observer=self._metrics,
+            transcription=self._transcription,
+            streaming_asr=self._streaming_asr,
         )
 
     def _running_models(self) -> dict[str, bool]:

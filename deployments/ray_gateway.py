@@ -90,6 +90,7 @@ class RaySlotStream:
     ) -> None:
         self._session_id = session_id
         self.admission = admission
+        self.text_delay_s = admission.text_delay_s
         self._call = call
         self._channel = channel
         self._ledger = ledger

@@ -26,6 +26,8 @@ class Admission:
     capacity: CapacityReport | None = None
     refusal: str = ""
     """Why the session was refused (for logs)."""
+    text_delay_s: float = 0.0
+    """How far the slot's text trails its input (a streaming ASR's delay; 0 for Moshi)."""
 
     @property
     def admitted(self) -> bool:

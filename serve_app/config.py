@@ -3,84 +3,19 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.asr.config import AsrConfig
 from serve_app.constants import FRAME_MS
-from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.engine.spec import ModelConfig, ModelSpec, RealtimeLimits
 from serve_app.session.settings import SessionSettings
 
 # Seeds for the embedded default: one tiny random-weight checkpoint per model type.
 EMBEDDED_MODELS: dict[str, int] = {"moshi-sft": 1, "moshi-base": 2, "moshi-pretrain": 3}
 
-
-class RealtimeLimits(BaseModel):
-    """How a replica keeps its sessions in real time (serve_app/engine/capacity.py, runner.py)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    admit_fraction: float | None = Field(default=0.7, gt=0, le=1)
-    """A replica admits a session while its recent ticks, plus what one more session is expected to add,
-    stay under this share of the 80 ms period; null admits on free slots alone."""
-    max_lag_ms: int | None = Field(default=1000, ge=160)
-    """A session whose input waits longer than this is ended with `session_fell_behind` rather than
-    answered late; null never ends one."""
-
-
-class ModelConfig(BaseModel):
-    """One model type: its weights, how many sessions a replica batches, how it samples."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    spec: ModelSpec
-    slots: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = 8
-    """Sessions one replica batches. "auto": as many as fit the GPU memory free after loading and keep the
-    tick within its share of the 80 ms frame, at most `max_slots` (serve_app/engine/sizing.py)."""
-    max_slots: int = Field(default=64, ge=1, le=1024)
-    """Upper bound for `slots: auto`, and the replica's Serve `max_ongoing_requests` in that case."""
-    sampling: SamplingParams = SamplingParams()
-    realtime: RealtimeLimits = RealtimeLimits()
-
-    @field_validator("slots", mode="before")
-    @classmethod
-    def _slots_is_a_count_or_auto(cls, value: object) -> object:
-        # A YAML `slots: true` would otherwise pass as 1; "Auto"/"AUTO" are accepted as "auto".
-        if isinstance(value, bool):
-            raise ValueError("slots must be a whole number of sessions or 'auto'")
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        return value
-
-    @model_validator(mode="after")
-    def _slots_within_max(self) -> ModelConfig:
-        if (
-            "max_slots" in self.model_fields_set
-            and isinstance(self.slots, int)
-            and self.slots > self.max_slots
-        ):
-            raise ValueError(f"slots {self.slots} exceeds max_slots {self.max_slots}")
-        return self
-
-    def runner_options(self) -> dict[str, Any]:
-        """Keyword arguments of `serve_app.engine.startup.start_runner` for this model."""
-        limits = self.realtime
-        return {
-            "spec": self.spec,
-            "slots": self.slots,
-            "max_slots": self.max_slots,
-            "sampling": self.sampling,
-            "model_id": self.id,
-            "max_lag_s": limits.max_lag_ms / 1000 if limits.max_lag_ms is not None else None,
-            "admit_fraction": limits.admit_fraction,
-        }
-
-    @property
-    def max_sessions(self) -> int:
-        """Serve's `max_ongoing_requests` for the model's replicas: one lease call per session."""
-        return self.slots if isinstance(self.slots, int) else self.max_slots
+__all__ = ["AppConfig", "ModelConfig", "RealtimeLimits", "ServerSettings", "load_config"]
 
 
 class ServerSettings(BaseModel):

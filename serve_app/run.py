@@ -162,7 +162,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="override http_options.port")
     parser.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus export port (local Ray)")
-    parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (local Ray)")
+    parser.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the Ray dashboard with a local Ray (default: on; --no-dashboard saves its memory and "
+        "start-up work)",
+    )
+    parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        help="Ray dashboard port (local Ray; default 8265, or a free one when that is taken)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for /healthz")
     parser.add_argument(
         "--front",
@@ -194,9 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         apply_ray_environment(args.front)
         init_kwargs["include_dashboard"] = args.dashboard
+        if args.dashboard:
+            init_kwargs["dashboard_host"] = "127.0.0.1"
+            if args.dashboard_port is not None:  # unset, Ray moves off a taken 8265 by itself
+                init_kwargs["dashboard_port"] = args.dashboard_port
         if args.metrics_port is not None:
             init_kwargs["_metrics_export_port"] = args.metrics_port
-    ray.init(**init_kwargs)
+    context = ray.init(**init_kwargs)
     # After ray.init, which installs its own SIGTERM handler (sys.exit) on the driver.
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -215,7 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         for config in configs:
             for model in config.models:
                 print(f"  {ws}/v1/realtime?model={model.id}", flush=True)
-        print(f"  models: {url}/v1/models   health: {url}/healthz", flush=True)
+        print(f"  models: {url}/v1/models   health: {url}/healthz   status: {url}/v1/status", flush=True)
+        print(f"  browser demo: {url}/", flush=True)
+        if context.dashboard_url:
+            print(f"  Ray dashboard: http://{context.dashboard_url} (Serve tab: the application)", flush=True)
+        metrics_port = getattr(context, "address_info", {}).get("metrics_export_port")  # local Ray only
+        if metrics_port:
+            print(
+                f"  Prometheus metrics (moshi_realtime_*): http://127.0.0.1:{metrics_port}/metrics; "
+                "Grafana panels: docs/grafana/moshi-realtime.json",
+                flush=True,
+            )
         tiny = [m.id for c in configs for m in c.models if m.spec.tiny_seed is not None]
         if tiny:
             print(

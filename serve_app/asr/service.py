@@ -17,6 +17,8 @@ def build_transcriber(config: AsrBackendConfig) -> Transcriber:
         from serve_app.asr.pocketsphinx_backend import PocketsphinxTranscriber
 
         return PocketsphinxTranscriber()
+    if config.kind == "kyutai":
+        raise ValueError("the kyutai backend streams on engine slots; it is not a turn transcriber")
     if config.kind == "faster_whisper":
         from serve_app.asr.faster_whisper_backend import FasterWhisperTranscriber
 
@@ -44,9 +46,11 @@ class AsrService:
         self._lock = threading.Lock()
 
     def warm_up(self) -> None:
-        """Build every backend now (a deployment does this before it reports ready)."""
+        """Build every turn-by-turn backend now (a deployment does this before it reports ready); the
+        streaming backend runs on engine slots, started apart (serve_app/engine/startup.py)."""
         for backend in self.config.backends:
-            self._transcriber(backend)
+            if not backend.streaming:
+                self._transcriber(backend)
 
     def _transcriber(self, backend: AsrBackendConfig) -> Transcriber:
         with self._lock:
@@ -64,6 +68,10 @@ class AsrService:
     ) -> str:
         """Blocking; raises TranscriptionFailed with the reason a client reads."""
         backend = self.config.backend_for(model)
+        if backend.streaming:
+            raise TranscriptionFailed(
+                f"the {backend.id} ASR backend streams while the user speaks; it has no turn-by-turn mode"
+            )
         try:
             transcriber = self._transcriber(backend)
         except Exception as exc:  # a backend that cannot load fails each request, in words

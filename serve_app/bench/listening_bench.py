@@ -8,8 +8,11 @@
 - ASR: each turn the VAD found, transcribed by every configured backend kind that runs offline
   (pocketsphinx): CPU per second of audio and wall time per turn, which is the latency the backend adds
   after the speech stopped (the VAD itself decides `silence_duration_ms` after the speech ends).
-- `--url`: the same file through a running server (e.g. `make serve`) with transcription on: per turn, the
-  time from `speech_stopped` to `...input_audio_transcription.completed` at the client.
+- `--url`: the same file through a running server (e.g. `make serve`) with transcription on, once per
+  `--transcription-models` (default: whisper-1, which names the default backend, and kyutai-stt, the
+  streaming one in configs/local.yaml): per turn, the time from `speech_stopped` to
+  `...input_audio_transcription.completed` at the client, and for a streaming backend how long before
+  `speech_stopped` the turn's first `.delta` arrived.
 Prints JSON and writes listening_bench.json to `--out`.
 """
 
@@ -115,18 +118,22 @@ def asr_cost(spans: list[npt.NDArray[np.float32]]) -> dict[str, Any]:
     }
 
 
-async def through_server(url: str, pcm: npt.NDArray[np.float32], model: str) -> dict[str, Any]:
+async def through_server(
+    url: str, pcm: npt.NDArray[np.float32], model: str, transcription: str
+) -> dict[str, Any]:
     import websockets
 
     pcm16 = pcm16_to_bytes(float_to_pcm16(pcm))
     stopped: dict[str, float] = {}
+    first_delta: dict[str, float] = {}
     latency: list[float] = []
+    lead: list[float] = []
     texts: list[str] = []
     async with websockets.connect(f"{url}?model={model}", max_size=None) as ws:
         created = json.loads(await ws.recv())
         if created["type"] == "error":
             raise SystemExit(f"refused: {created['error']['code']}")
-        update = {"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+        update = {"type": "realtime", "audio": {"input": {"transcription": {"model": transcription}}}}
         await ws.send(json.dumps({"type": "session.update", "session": update}))
 
         async def send() -> None:  # paced at real time, as a microphone would
@@ -149,13 +156,19 @@ async def through_server(url: str, pcm: npt.NDArray[np.float32], model: str) -> 
             kind = event["type"]
             if kind == "input_audio_buffer.speech_stopped":
                 stopped[event["item_id"]] = time.monotonic()
+                if event["item_id"] in first_delta:
+                    lead.append(1000 * (stopped[event["item_id"]] - first_delta[event["item_id"]]))
+            elif kind == "conversation.item.input_audio_transcription.delta":
+                first_delta.setdefault(event["item_id"], time.monotonic())
             elif kind in TRANSCRIPTION_DONE:
                 latency.append(1000 * (time.monotonic() - stopped[event["item_id"]]))
                 texts.append(event.get("transcript") or event.get("error", {}).get("message", ""))
         await sender
     return {
+        "transcription_model": transcription,
         "turns": len(latency),
         "speech_stopped_to_transcript_ms": [round(x, 1) for x in latency],
+        "first_delta_before_speech_stopped_ms": [round(x, 1) for x in lead],
         "texts": texts,
     }
 
@@ -166,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--url", help="a running server's /v1/realtime URL (optional)")
     parser.add_argument("--model", default="moshi-sft")
+    parser.add_argument("--transcription-models", nargs="+", default=["whisper-1", "kyutai-stt"])
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(arguments)
@@ -183,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "asr": asr_cost(turns(pcm, VadParams())),
     }
     if args.url:
-        result["service"] = asyncio.run(through_server(args.url, pcm, args.model))
+        result["service"] = [
+            asyncio.run(through_server(args.url, pcm, args.model, name)) for name in args.transcription_models
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "listening_bench.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))

@@ -2,6 +2,8 @@
 
 Follows the verified recipe of docs/ENGINE_FACTS.md ("The tick"): per-slot reset masks, exec masks for slots
 without a frame (paused, never fed invented silence), -2 placeholder rows clamped before decode.
+A text-only model (Kyutai STT: dep_q 0) runs the same tick without the decode: its frames carry text and
+no audio, one per input frame, after the checkpoint's silence prefix (stepped, never returned).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["BatchedEngine", "NoFreeSlot", "text_pieces"]
 
 _PERIOD_S = FRAME_MS / 1000
+_NO_PCM = np.zeros(0, np.float32)
+_NO_PCM.flags.writeable = False
 
 WARMUP_TICKS = 5
 """Enough for CUDAGraphed (1 eager call, then capture) to have captured encode, step and decode."""
@@ -47,12 +51,15 @@ class _Slot:
     """When each queued frame is due on the real-time schedule (monotonic s), parallel to `frames`."""
     last_due: float = float("-inf")
     partial: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    hidden: int = 0
+    """Queued frames whose output is not returned (the silence prefix of an STT stream)."""
 
     def clear(self) -> None:
         self.frames.clear()
         self.due.clear()
         self.last_due = float("-inf")
         self.partial = np.zeros(0, np.float32)
+        self.hidden = 0
 
 
 def text_pieces(tokenizer: Any, size: int, silent_ids: set[int]) -> list[str | None]:
@@ -111,6 +118,15 @@ class BatchedEngine:
                 module._stop_streaming()
             raise
         self._audio = np.zeros((slots, 1, FRAME_SAMPLES), np.float32)
+        self.text_only = model.text_only
+        prefix_s = (
+            float(model.stt_config.get("audio_silence_prefix_seconds", 0.0)) if model.text_only else 0.0
+        )
+        self._prefix_frames = round(prefix_s / _PERIOD_S)
+        self.text_delay_s = (
+            float(model.stt_config.get("audio_delay_seconds", 0.0)) if model.text_only else 0.0
+        )
+        """How far a text-only model's text trails the audio it transcribes (s)."""
         self.last_tokens: dict[int, npt.NDArray[np.int64]] = {}
         """Per slot stepped validly in the last tick: [text, audio codes...] (for tests and diagnostics)."""
         self.ready = False
@@ -137,8 +153,18 @@ class BatchedEngine:
                     slot.open, slot.starting = True, True
                     slot.generation += 1
                     slot.clear()
+                    self._queue_prefix(slot)
                     return index
         raise NoFreeSlot(f"all {len(self._slots)} slots are in use")
+
+    def _queue_prefix(self, slot: _Slot) -> None:
+        """The STT checkpoint's leading silence, due at once (stepped as catch-up, output dropped)."""
+        now = time.monotonic()
+        for index in range(self._prefix_frames):
+            slot.frames.append(np.zeros(FRAME_SAMPLES, np.float32))
+            slot.last_due = now - (self._prefix_frames - index) * _PERIOD_S
+            slot.due.append(slot.last_due)
+        slot.hidden = self._prefix_frames
 
     def close_slot(self, slot: int) -> None:
         """Free the slot (idempotent). Its rows are reset when the slot's next session starts."""
@@ -203,19 +229,26 @@ class BatchedEngine:
                         slot.due.popleft()
                         active[index], starting[index] = True, slot.starting
                         slot.starting = False
-                        generations[index] = slot.generation
-            if not generations:
+                        if slot.hidden:
+                            slot.hidden -= 1
+                        else:
+                            generations[index] = slot.generation
+            if not active.any():
                 return {}
             tokens, pcm = self._step(active, starting)
             frames: dict[int, EngineFrame] = {}
             self.last_tokens = {}
+            checked = 0 if self.text_only else 1  # the column that is -2 while nothing was generated
             with self._lock:
                 for index, generation in generations.items():
                     slot = self._slots[index]
-                    if pcm is None or tokens[index, 1] < 0 or not slot.open or slot.generation != generation:
+                    if tokens[index, checked] < 0 or not slot.open or slot.generation != generation:
+                        continue
+                    if pcm is None and not self.text_only:
                         continue
                     text = self._piece(int(tokens[index, 0]))
-                    frames[index] = EngineFrame(pcm=pcm[index].copy(), text=text, speaking=text is not None)
+                    audio = _NO_PCM if pcm is None else pcm[index].copy()
+                    frames[index] = EngineFrame(pcm=audio, text=text, speaking=text is not None)
                     self.last_tokens[index] = tokens[index].copy()
             return frames
 
@@ -227,7 +260,8 @@ class BatchedEngine:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32] | None]:
         """docs/ENGINE_FACTS.md "The tick", steps 1-5.
 
-        Returns tokens [B, 1+dep_q] (-2 where not generated), pcm [B, N].
+        Returns tokens [B, 1+dep_q] (-2 where not generated), pcm [B, N] (None when nothing was decoded,
+        always for a text-only model).
         """
         mimi, lm_gen, device = self._model.mimi, self._lm_gen, self._model.device
         any_start = bool(starting_np.any())
@@ -240,15 +274,18 @@ class BatchedEngine:
                 lm_gen.reset_streaming(starting)
             mimi.set_exec_mask(active)
             codes = mimi.encode(audio)  # idle rows hold stale audio but are masked: their state does not move
-            if any_start:
+            if any_start and not self.text_only:
                 # The first encoded frame carries the encoder's left padding; the stock server drops it the
-                # same way (reset Mimi after the first encode), per slot here.
+                # same way (reset Mimi after the first encode), per slot here. Kyutai's STT loops do not
+                # (their silence prefix absorbs it), so a text-only model keeps the state.
                 mimi.reset_streaming(starting)
             lm_gen.set_exec_mask(active)
             out = lm_gen.step(codes)
             assert out is not None  # support_out_of_sync never returns None
-            valid = active & (out[:, 1, 0] >= 0)
             pcm: torch.Tensor | None = None
+            if self.text_only:
+                return out[:, :, 0].cpu().numpy(), None
+            valid = active & (out[:, 1, 0] >= 0)
             if bool(valid.any()):
                 mimi.set_exec_mask(valid)
                 pcm = mimi.decode(out[:, 1:].clamp(min=0))

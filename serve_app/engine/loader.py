@@ -51,6 +51,15 @@ class LoadedModel:
     """Human-readable origin, for logs."""
     config: dict[str, Any] = field(default_factory=dict)
     """The LMModel kwargs actually used."""
+    model_type: str = "moshi"
+    """config.json `model_type`: moshi, stt (Kyutai STT: text out only), hibiki, ..."""
+    stt_config: dict[str, Any] = field(default_factory=dict)
+    """config.json `stt_config` (audio_silence_prefix_seconds, audio_delay_seconds) of an STT model."""
+
+    @property
+    def text_only(self) -> bool:
+        """The LM generates no audio (dep_q 0, as Kyutai STT): nothing to decode, text is the output."""
+        return int(self.lm.dep_q) == 0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -73,11 +82,16 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     if spec.tiny_seed is not None:
-        directory = ensure_tiny_checkpoint(spec.tiny_seed)
+        directory = ensure_tiny_checkpoint(spec.tiny_seed, kind=spec.tiny_kind)
         logger.warning(
-            "using a generated tiny checkpoint (random weights, seed %d): output is noise", spec.tiny_seed
+            "using a generated tiny %s checkpoint (random weights, seed %d): output is noise",
+            spec.tiny_kind,
+            spec.tiny_seed,
         )
-        info, source = _local_checkpoint(directory), f"tiny seed {spec.tiny_seed} ({directory})"
+        info, source = (
+            _local_checkpoint(directory),
+            f"tiny {spec.tiny_kind} seed {spec.tiny_seed} ({directory})",
+        )
     elif spec.local_dir is not None:
         info, source = _local_checkpoint(spec.local_dir), str(spec.local_dir)
     else:
@@ -212,6 +226,8 @@ def _instantiate(
         dtype=dtype,
         source=source,
         config=lm_config,
+        model_type=info.model_type,
+        stt_config=dict(info.stt_config),
     )
 
 

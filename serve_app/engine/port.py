@@ -13,7 +13,8 @@ class EngineFrame:
     """One 80 ms step of one slot's output."""
 
     pcm: npt.NDArray[np.float32]
-    """FRAME_SAMPLES mono float32 samples at 24 kHz, nominally in [-1, 1]."""
+    """FRAME_SAMPLES mono float32 samples at 24 kHz, nominally in [-1, 1]; empty from a text-only model
+    (Kyutai STT), whose frames are its text alone."""
 
     text: str | None
     """The text piece Moshi produced this step, word-boundary marker already turned into a space;

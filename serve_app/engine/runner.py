@@ -141,6 +141,11 @@ class ClockedRunner:
     # --- slots ---------------------------------------------------------------------------------------------
 
     @property
+    def text_delay_s(self) -> float:
+        """How far a text-only model's text trails its input (0 for Moshi)."""
+        return self._engine.text_delay_s
+
+    @property
     def slots_total(self) -> int:
         return self._engine.slots_total
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.capacity import DEFAULT_ADMIT_FRACTION, TickBudget
-from serve_app.engine.loader import load_model
+from serve_app.engine.loader import CheckpointError, load_model
 from serve_app.engine.runner import DEFAULT_MAX_LAG_S, ClockedRunner, TickStats
 from serve_app.engine.sizing import resolve_slots
 from serve_app.engine.spec import ModelSpec, SamplingParams
@@ -28,10 +28,19 @@ def start_runner(
     max_lag_s: float | None = DEFAULT_MAX_LAG_S,
     admit_fraction: float | None = DEFAULT_ADMIT_FRACTION,
     cpu_share: float | None = None,
+    text_only: bool = False,
 ) -> ClockedRunner:
     """Blocking: seconds on CPU, minutes for the 7B model on a GPU. Raises CheckpointError for a bad
-    checkpoint and SlotsDoNotFit when a fixed `slots` cannot fit the accelerator's memory."""
+    checkpoint (or one of the wrong kind: `text_only` asks for a streaming recogniser such as Kyutai STT,
+    otherwise a Moshi that speaks) and SlotsDoNotFit when a fixed `slots` cannot fit the accelerator's
+    memory."""
     model = load_model(spec)
+    if model.text_only != text_only:
+        wanted = "a text-only STT checkpoint (dep_q 0)" if text_only else "a Moshi checkpoint that speaks"
+        raise CheckpointError(
+            f"{model.source}: {model_id or 'this model'} needs {wanted}, but its config.json has "
+            f"model_type={model.model_type!r}, dep_q={model.lm.dep_q}"
+        )
     count = resolve_slots(model, slots, max_slots, sampling, model_id=model_id or None, cpu_share=cpu_share)
     engine = BatchedEngine(model, slots=count, sampling=sampling)
     engine.warmup()

@@ -1,6 +1,9 @@
 """Generated tiny Moshi checkpoints: moshi's own classes at toy size, random weights, real on-disk format.
 
-They let the whole stack run and be tested with no GPU and no network; they sound like noise.
+They let the whole stack run and be tested with no GPU and no network; they sound like noise. Two kinds:
+`moshi` (the speech-to-speech layout: text + 8 generated and 8 heard codebooks) and `stt` (Kyutai STT's
+layout: `model_type: stt`, no generated audio, dep_q 0, only heard codebooks, an `stt_config`); its text
+is random, but it runs the loader, LMGen and Mimi paths a real kyutai/stt checkpoint runs.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import sentencepiece
@@ -60,6 +63,13 @@ _PAD_LOGIT_GAIN = 30.0
 _SWITCH_PROB = 0.06
 _RESIDUAL_WRITERS = re.compile(r"(out_projs\.\d+|linear_out|linear2)$")
 """Linear layers whose output is added to the main residual stream (attention out, feed-forward out)."""
+TinyKind = Literal["moshi", "stt"]
+
+# Kyutai STT's layout (kyutai/stt-1b-en_fr: n_q 32, dep_q 0) at toy size: every codebook is heard audio.
+_TINY_STT_OVERRIDES: dict[str, Any] = {"n_q": 8, "dep_q": 0, "delays": [0] * 9}
+TINY_STT_CONFIG: dict[str, float] = {"audio_silence_prefix_seconds": 0.16, "audio_delay_seconds": 0.48}
+"""Real checkpoints say 0.5 s of text delay (1B) or 2.5 s (2.6B); the prefix is kept short (2 frames)
+so tests stay fast yet exercise the prefix path."""
 _CALIBRATION_ROWS = 16
 _CALIBRATION_STEPS = 40
 
@@ -85,7 +95,7 @@ def tiny_mimi_config() -> dict[str, Any]:
     return cfg
 
 
-def build_tiny_checkpoint(directory: Path, seed: int) -> Path:
+def build_tiny_checkpoint(directory: Path, seed: int, kind: TinyKind = "moshi") -> Path:
     """Write a complete checkpoint directory (same layout as a real Moshi repo) and return it.
 
     Deterministic in `seed`, on any machine: built on one torch thread, since the calibration runs the LM
@@ -95,7 +105,7 @@ def build_tiny_checkpoint(directory: Path, seed: int) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _build(directory, seed)
+        return _build(directory, seed) if kind == "moshi" else _build_stt(directory, seed)
     finally:
         torch.set_num_threads(threads)
 
@@ -130,25 +140,54 @@ def _build(directory: Path, seed: int) -> Path:
     return directory
 
 
+def _build_stt(directory: Path, seed: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / TOKENIZER_NAME).write_bytes(train_tokenizer(seed))
+    lm_cfg = {**tiny_lm_config(), **_TINY_STT_OVERRIDES}
+    mimi_cfg = tiny_mimi_config()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lm = loaders.get_moshi_lm(None, lm_kwargs=lm_cfg, device="cpu", dtype=torch.float32)
+        save_file(_contiguous(lm.state_dict()), str(directory / LM_NAME))
+        mimi = loaders.get_mimi(None, mimi_cfg, device="cpu")
+        randomise_codebooks(mimi, torch.Generator().manual_seed(seed + 1))
+        save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_NAME))
+    (directory / MIMI_CONFIG_NAME).write_text(json.dumps(mimi_cfg, indent=2))
+    config = {
+        **lm_cfg,
+        "moshi_name": LM_NAME,
+        "mimi_name": MIMI_NAME,
+        "mimi_config_name": MIMI_CONFIG_NAME,
+        "tokenizer_name": TOKENIZER_NAME,
+        "model_type": "stt",
+        "stt_config": TINY_STT_CONFIG,
+        "lm_gen_config": {"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 50},
+        "model_id": {"name": "tiny-random-stt", "seed": seed, "format": FORMAT_VERSION},
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("MOSHI_REALTIME_CACHE")
     return Path(env) / "tiny" if env else Path.home() / ".cache" / "moshi-realtime" / "tiny"
 
 
-def ensure_tiny_checkpoint(seed: int, cache_dir: Path | None = None) -> Path:
-    """Return the cached tiny checkpoint for `seed`, generating it on first use.
+def ensure_tiny_checkpoint(seed: int, cache_dir: Path | None = None, kind: TinyKind = "moshi") -> Path:
+    """Return the cached tiny checkpoint of `kind` for `seed`, generating it on first use.
 
     Built in a private temp dir and renamed into place, so concurrent processes never see half a checkpoint;
     the loser of a race discards its copy.
     """
     root = cache_dir if cache_dir is not None else default_cache_dir()
-    final = root / f"seed-{seed}-v{FORMAT_VERSION}"
+    prefix = "seed" if kind == "moshi" else f"{kind}-seed"
+    final = root / f"{prefix}-{seed}-v{FORMAT_VERSION}"
     if final.is_dir():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".seed-{seed}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-{seed}-", dir=root))
     try:
-        build_tiny_checkpoint(tmp, seed)
+        build_tiny_checkpoint(tmp, seed, kind)
         try:
             tmp.rename(final)
             logger.info("generated tiny checkpoint (random weights) at %s", final)

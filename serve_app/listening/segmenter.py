@@ -25,6 +25,8 @@ class SpeechStarted:
 @dataclass(frozen=True, slots=True)
 class SpeechStopped:
     audio_end_ms: int
+    speech_end_ms: int | None = None
+    """Where the last window that counted as speech ended (`audio_end_ms` less the silence run)."""
 
 
 VadEvent = SpeechStarted | SpeechStopped
@@ -71,5 +73,5 @@ class TurnSegmenter:
             self._voice_until_ms = end_ms
         elif end_ms - self._voice_until_ms >= p.silence_duration_ms:
             self._speaking = False
-            return SpeechStopped(round(end_ms))
+            return SpeechStopped(round(end_ms), speech_end_ms=round(self._voice_until_ms))
         return None

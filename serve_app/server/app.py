@@ -27,7 +27,9 @@ from serve_app.server.listener import SessionListener, VadWorker
 from serve_app.server.loop_lag import LoopLag
 from serve_app.server.observer import NullObserver, SessionObserver
 from serve_app.server.send_queue import ClientTooSlow, SendQueue
+from serve_app.server.stream_transcription import StreamingTranscription
 from serve_app.server.transcription import TranscriptionPort, TranscriptionPump
+from serve_app.server.web import web_routes
 from serve_app.session.outbox import OutgoingEvent
 from serve_app.session.session import RealtimeSession
 
@@ -57,9 +59,12 @@ def build_realtime_app(
     config: AppConfig,
     observer: SessionObserver | None = None,
     transcription: TranscriptionPort | None = None,
+    streaming_asr: ModelGateway | None = None,
 ) -> Starlette:
     """`transcription`: where committed user turns are transcribed (None: a session that asks for it
-    gets `.failed` for each turn, saying the server has no ASR)."""
+    gets `.failed` for each turn, saying the server has no ASR). `streaming_asr`: where the streaming ASR
+    backend's slots are (config.asr's kyutai backend, by its id), for sessions whose transcription
+    `model` names it."""
     obs: SessionObserver = observer or NullObserver()
     loop_lag = LoopLag()
     key_sessions = KeySessions(config.server.max_sessions_per_key)
@@ -89,7 +94,7 @@ def build_realtime_app(
 
     async def realtime(ws: WebSocket) -> None:
         loop_lag.ensure_running()
-        shared = _Shared(obs, loop_lag, key_sessions, vad, transcription)
+        shared = _Shared(obs, loop_lag, key_sessions, vad, transcription, streaming_asr)
         await _RealtimeConnection(ws, gateway, config, shared).run()
 
     routes = [
@@ -98,6 +103,7 @@ def build_realtime_app(
         Route("/v1/models", models),
         Route("/healthz", healthz),
         Route("/v1/status", status),
+        *web_routes(),  # last: the demo's "/" and "/web/*" must not shadow the API
     ]
     return Starlette(routes=routes)
 
@@ -111,6 +117,7 @@ class _Shared:
     key_sessions: KeySessions
     vad: VadWorker
     transcription: TranscriptionPort | None
+    streaming_asr: ModelGateway | None
 
 
 class _RealtimeConnection:
@@ -146,6 +153,7 @@ class _RealtimeConnection:
         self.vad = shared.vad
         self.listener = SessionListener(shared.vad, self.session, self._flush)
         self.transcriber = TranscriptionPump(shared.transcription, self.session, self._flush)
+        self.stt = StreamingTranscription(shared.streaming_asr, config.asr, self.session, self._flush)
         self.stream: SlotStream | None = None
         self.first_input_at: float | None = None
         self.sending_since: float | None = None
@@ -219,6 +227,7 @@ class _RealtimeConnection:
             asyncio.create_task(self._tick_clock()),
             asyncio.create_task(self.listener.run()),
             asyncio.create_task(self.transcriber.run()),
+            asyncio.create_task(self.stt.run()),
         ]
         close_code = WS_1000_NORMAL_CLOSURE
         too_slow = False
@@ -263,9 +272,12 @@ class _RealtimeConnection:
     def _flush(self) -> None:
         # Draining synchronously into one queue keeps the session's event order on the wire; a full
         # queue raises ClientTooSlow out of the pump that produced the event.
+        self.stt.sync()
+        requests = self.session.transcription_requests()
+        if requests:
+            self.transcriber.submit(self.stt.take(requests))
         for event in self.session.events_to_send():
             self.outbox.put(event)
-        self.transcriber.submit(self.session.transcription_requests())
 
     async def _write(self) -> None:
         while (event := await self.outbox.get()) is not None:
@@ -300,6 +312,7 @@ class _RealtimeConnection:
                     self.first_input_at = time.monotonic()
                 await stream.send_audio(pcm)
                 self.listener.hear(pcm)
+                await self.stt.hear(pcm)
             self._flush()
             if self.session.closed:
                 return

@@ -46,6 +46,9 @@ class SessionFellBehind(GatewayError):
 class SlotStream(Protocol):
     """One session's slot on one model replica, for the session's whole life."""
 
+    text_delay_s: float
+    """How far the slot's text trails its input: 0 for Moshi; a streaming ASR's delay (Kyutai STT)."""
+
     async def send_audio(self, pcm: npt.NDArray[np.float32]) -> None:
         """Queue 24 kHz mono float32 PCM of any length for the slot."""
         ...

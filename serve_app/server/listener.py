@@ -205,6 +205,6 @@ class SessionListener:
             if isinstance(event, SpeechStarted):
                 self._session.speech_started(event.audio_start_ms)
             else:
-                self._session.speech_stopped(event.audio_end_ms)
+                self._session.speech_stopped(event.audio_end_ms, speech_end_ms=event.speech_end_ms)
         if events:
             self._flush()

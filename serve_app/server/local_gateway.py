@@ -29,9 +29,10 @@ def _gateway_error(error: SlotEnded) -> GatewayError:
 class LocalSlotStream:
     """An AsyncSlot with the engine's errors mapped onto the gateway's."""
 
-    def __init__(self, slot: AsyncSlot) -> None:
+    def __init__(self, slot: AsyncSlot, text_delay_s: float = 0.0) -> None:
         self._slot = slot
         self.slot = slot.slot
+        self.text_delay_s = text_delay_s
 
     async def send_audio(self, pcm: npt.NDArray[np.float32]) -> None:
         try:
@@ -74,7 +75,7 @@ class LocalGateway:
             raise ModelNotFound(model_id)
         try:
             slot = await self._gates[model_id].admit(lambda: AsyncSlot.open(runner, check_budget=True))
-            stream = LocalSlotStream(slot)
+            stream = LocalSlotStream(slot, runner.text_delay_s)
         except NoFreeSlot as exc:
             raise NoCapacity(model_id) from exc
         logger.info(

@@ -64,6 +64,12 @@ class TranscriptionRequest:
     """The session's transcription `model` (it picks the ASR backend)."""
     language: str | None = None
     prompt: str | None = None
+    audio_start_ms: float = 0.0
+    """Where the turn's audio sits on the session's input timeline (a streaming ASR cuts it there)."""
+    audio_end_ms: float = 0.0
+    speech_end_ms: float | None = None
+    """Where server VAD heard the speech end (before its silence run); None for a manual commit. A
+    streaming ASR's text is complete once it has passed this point."""
 
 
 class RealtimeSession:
@@ -108,6 +114,7 @@ class RealtimeSession:
         """The current utterance's response was cancelled: drop its frames until it ends."""
         self._audio_sent = False
         self._vad_item_id: str | None = None
+        self._vad_start_ms: int | None = None
         self._silence_frames = math.ceil(settings.utterance_silence_ms / FRAME_MS)
         self._max_frames = math.ceil(settings.max_utterance_ms / FRAME_MS)
         self._wait_frames = math.ceil(settings.response_wait_ms / FRAME_MS)
@@ -312,16 +319,41 @@ class RealtimeSession:
 
     # Hooks for collaborators (ASR, VAD) ----------------------------------------------------------
 
-    def input_transcription_completed(self, item_id: str, transcript: str) -> None:
-        """The ASR's text for a committed user item: sets its transcript and tells the client."""
+    @property
+    def open_speech(self) -> tuple[str, int] | None:
+        """(item id, audio_start_ms) of the user turn server VAD hears now, before its commit."""
+        if self._vad_item_id is None or self._vad_start_ms is None:
+            return None
+        return self._vad_item_id, self._vad_start_ms
+
+    def input_transcription_delta(self, item_id: str, delta: str) -> None:
+        """A streaming ASR's next text for a user turn: committed, or still being spoken (its id came
+        with speech_started)."""
+        if self.closed or not delta:
+            return
+        if item_id != self._vad_item_id and self._user_item(item_id) is None:
+            return
+        self._emit(
+            {
+                "type": "conversation.item.input_audio_transcription.delta",
+                "item_id": item_id,
+                "content_index": 0,
+                "delta": delta,
+            }
+        )
+
+    def input_transcription_completed(self, item_id: str, transcript: str, *, streamed: bool = False) -> None:
+        """The ASR's text for a committed user item: sets its transcript and tells the client (in one
+        delta first, unless a streaming ASR `streamed` it already)."""
         item = self._user_item(item_id)
         if item is None:
             return
         item.transcript = transcript
         where = {"item_id": item_id, "content_index": 0}
-        self._emit(
-            {"type": "conversation.item.input_audio_transcription.delta", **where, "delta": transcript}
-        )
+        if not streamed:
+            self._emit(
+                {"type": "conversation.item.input_audio_transcription.delta", **where, "delta": transcript}
+            )
         usage = {"type": "duration", "seconds": round(item.duration_ms / 1000, 3)}
         self._emit(
             {
@@ -355,6 +387,7 @@ class RealtimeSession:
         start = max(0, min(audio_start_ms * SAMPLE_RATE // 1000, self._input_samples))
         self._buffer.keep_last(self._input_samples - start)
         self._vad_item_id = new_item_id()
+        self._vad_start_ms = audio_start_ms
         self._emit(
             {
                 "type": "input_audio_buffer.speech_started",
@@ -370,19 +403,20 @@ class RealtimeSession:
             self._muted = self._utterance is not None  # the rest of Moshi's utterance stays off the wire
         return self._vad_item_id
 
-    def speech_stopped(self, audio_end_ms: int) -> str:
-        """Server VAD heard the user stop (silence duration included): speech_stopped, then the commit of
-        the buffer up to that point under the speech's item id (later audio waits for the next commit)."""
+    def speech_stopped(self, audio_end_ms: int, speech_end_ms: int | None = None) -> str:
+        """Server VAD heard the user stop (silence duration included; the speech itself ended at
+        `speech_end_ms`): speech_stopped, then the commit of the buffer up to that point under the speech's
+        item id (later audio waits for the next commit)."""
         if self.closed:
             return ""
         item_id = self._vad_item_id or new_item_id()
-        self._vad_item_id = None
+        self._vad_item_id = self._vad_start_ms = None
         self._emit(
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms, "item_id": item_id}
         )
         end = max(0, min(audio_end_ms * SAMPLE_RATE // 1000, self._input_samples))
         after = self._input_samples - end  # appended after the stop: not part of this speech
-        self._commit(item_id, samples=max(0, self._buffer.samples - after))
+        self._commit(item_id, samples=max(0, self._buffer.samples - after), speech_end_ms=speech_end_ms)
         return item_id
 
     # Client events ------------------------------------------------------------------------------
@@ -448,7 +482,7 @@ class RealtimeSession:
                 "input_audio_buffer_commit_empty", min_ms=self.settings.min_commit_ms, buffered_ms=buffered_ms
             )
         self._commit(self._vad_item_id or new_item_id())
-        self._vad_item_id = None
+        self._vad_item_id = self._vad_start_ms = None
 
     def _on_clear(self, event: Any) -> None:
         del event
@@ -650,7 +684,8 @@ class RealtimeSession:
 
     # Items --------------------------------------------------------------------------------------
 
-    def _commit(self, item_id: str, samples: int | None = None) -> None:
+    def _commit(self, item_id: str, samples: int | None = None, speech_end_ms: int | None = None) -> None:
+        start = self._input_samples - self._buffer.samples  # the buffer holds the newest input
         pcm = self._buffer.take(samples)
         item = UserAudioItem(id=item_id, pcm=pcm, duration_ms=len(pcm) * 1000 / SAMPLE_RATE)
         previous_id = self._conversation.add(item)
@@ -667,6 +702,9 @@ class RealtimeSession:
                     model=_text_or_none(asked.get("model")),
                     language=_text_or_none(asked.get("language")),
                     prompt=_text_or_none(asked.get("prompt")),
+                    audio_start_ms=start * 1000 / SAMPLE_RATE,
+                    audio_end_ms=(start + len(pcm)) * 1000 / SAMPLE_RATE,
+                    speech_end_ms=speech_end_ms,
                 )
             )
 

@@ -1,7 +1,8 @@
 """Sans-I/O message codec of the frame channel: length-prefixed binary messages, numpy arrays inside.
 
 Every message is `u32 length | u8 kind | body` (little-endian). Audio is float32 PCM at 24 kHz; a tick's
-frames travel as one array of shape [n, FRAME_SAMPLES] with the sessions' lease ids beside it.
+frames travel as one array of shape [n, FRAME_SAMPLES] with the sessions' lease ids beside it (frames of a
+text-only model carry no audio: a flag says which rows are present).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ Pcm = npt.NDArray[np.float32]
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A message above this is a protocol error (a tick of 1024 slots is 7.9 MB)."""
 
+_NO_PCM = np.zeros(0, np.float32)
 _LENGTH = struct.Struct("<I")
 _HELLO = struct.Struct("<16s")
 _COUNT = struct.Struct("<I")
@@ -133,11 +135,17 @@ def encode_frames(tick_s: float, leases: Sequence[int], frames: Sequence[EngineF
     if len(leases) != n:
         raise ValueError("one frame per lease")
     texts = [(f.text or "").encode() for f in frames]
+    for f in frames:
+        if f.pcm.size not in (0, FRAME_SAMPLES):
+            raise ValueError(f"a frame has {f.pcm.size} samples, not {FRAME_SAMPLES} or none")
     flags = np.fromiter(
-        ((f.speaking << 0) | ((f.text is not None) << 1) for f in frames), dtype="u1", count=n
+        ((f.speaking << 0) | ((f.text is not None) << 1) | ((f.pcm.size > 0) << 2) for f in frames),
+        dtype="u1",
+        count=n,
     )
     lengths = np.fromiter((len(t) for t in texts), dtype="<u4", count=n)
-    pcm = np.stack([f.pcm for f in frames]).astype("<f4", copy=False) if n else np.zeros(0, "<f4")
+    with_audio = [f.pcm for f in frames if f.pcm.size]
+    pcm = np.stack(with_audio).astype("<f4", copy=False) if with_audio else np.zeros(0, "<f4")
     return _frame(
         Kind.FRAMES, _TICK.pack(tick_s, n), _ids(leases)[_COUNT.size :], flags.tobytes(),
         lengths.tobytes(), pcm.tobytes(), b"".join(texts),
@@ -225,15 +233,18 @@ def _decode(view: memoryview) -> Message:
     elif kind is Kind.FRAMES:
         tick_s, n = _TICK.unpack(body.take(_TICK.size))
         leases = body.ids(n)
-        flags = body.array("u1", n)
+        flags: npt.NDArray[np.uint8] = body.array("u1", n).astype(np.uint8)
         lengths = body.array("<u4", n)
-        pcm = body.array("<f4", n * FRAME_SAMPLES).astype(np.float32).reshape(n, FRAME_SAMPLES)
+        rows = int(np.count_nonzero(flags & 4))
+        pcm = body.array("<f4", rows * FRAME_SAMPLES).astype(np.float32).reshape(rows, FRAME_SAMPLES)
         text = bytes(body.take(int(lengths.sum())))
-        frames, at = [], 0
+        frames, at, row = [], 0, 0
         for i in range(n):
             piece = text[at : at + int(lengths[i])].decode() if flags[i] & 2 else None
             at += int(lengths[i])
-            frames.append(EngineFrame(pcm=pcm[i], text=piece, speaking=bool(flags[i] & 1)))
+            audio = pcm[row] if flags[i] & 4 else _NO_PCM
+            row += bool(flags[i] & 4)
+            frames.append(EngineFrame(pcm=audio, text=piece, speaking=bool(flags[i] & 1)))
         result = Frames(tick_s, leases, tuple(frames))
     else:
         (lease,) = _COUNT.unpack(body.take(_COUNT.size))

@@ -47,6 +47,8 @@ def test_local_yaml_is_the_embedded_default_on_cpu() -> None:
         assert _deployments(schema)[model.id].ray_actor_options.num_gpus == 0
         # Sized at load to the replica's share of the CPU, so a small machine holds what it can serve.
         assert (model.slots, model.max_slots) == ("auto", 4)
+    streaming = config.asr.streaming_backend  # streaming transcription runs offline too (tiny STT)
+    assert streaming is not None and streaming.spec is not None and streaming.spec.tiny_kind == "stt"
 
 
 def test_production_yaml_uses_gpus_real_checkpoints_and_autoscaling() -> None:
@@ -126,3 +128,11 @@ def test_binding_beyond_loopback_without_api_keys_warns(monkeypatch: pytest.Monk
     assert warning is not None and "WITHOUT API keys" in warning and "0.0.0.0" in warning
     monkeypatch.setenv("REALTIME_API_KEYS", "sk-1")
     assert exposure_warning(public, app_configs(public)) is None
+
+
+def test_make_serve_starts_the_ray_dashboard_unless_told_not_to() -> None:
+    from serve_app.run import _parse_args
+
+    assert _parse_args([]).dashboard is True
+    assert _parse_args(["--no-dashboard"]).dashboard is False
+    assert _parse_args(["--dashboard-port", "9999"]).dashboard_port == 9999

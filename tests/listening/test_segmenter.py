@@ -22,7 +22,7 @@ def test_speech_starts_at_the_first_window_over_threshold_backdated_by_the_prefi
     events = run(seg, [0.1] * 20 + [0.9] * 10 + [0.0] * 30)
     assert events[0] == (20, SpeechStarted(audio_start_ms=20 * 32 - 100))
     # 10 silent windows (320 ms) after the last speech window end it; the end includes that silence.
-    assert events[1] == (39, SpeechStopped(audio_end_ms=40 * 32))
+    assert events[1] == (39, SpeechStopped(audio_end_ms=40 * 32, speech_end_ms=30 * 32))
     assert len(events) == 2 and not seg.speaking
 
 

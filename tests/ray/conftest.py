@@ -25,6 +25,8 @@ from tests.fixtures.net import free_port
 APP = "realtime-test"
 SLOTS = 2
 SLOW = "moshi-slow"
+STREAMING_ASR = "kyutai-stt-tiny"
+"""The ASR deployment's streaming backend: a generated tiny Kyutai-STT-shaped checkpoint, 2 slots."""
 MAX_MESSAGE_BYTES = 65_536
 """Low enough that fuzzing can send oversized messages cheaply, above any append the suite sends (≤ 32 kB)."""
 
@@ -74,6 +76,18 @@ def serve_config(http_port: int, moshi_sft: dict[str, Any] | None = None) -> dic
                         },
                     ],
                     "session": {"utterance_silence_ms": 480, "max_message_bytes": MAX_MESSAGE_BYTES},
+                    "asr": {
+                        "backends": [
+                            {"id": "pocketsphinx", "kind": "pocketsphinx"},
+                            {
+                                "id": STREAMING_ASR,
+                                "kind": "kyutai",
+                                "spec": {"tiny_seed": 11, "tiny_kind": "stt"},
+                                "slots": 2,
+                            },
+                        ],
+                        "default": "pocketsphinx",
+                    },
                 },
                 "deployments": [
                     {"name": "RealtimeIngress", "ray_actor_options": {"num_cpus": 0.25}},

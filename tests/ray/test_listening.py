@@ -1,6 +1,7 @@
 """The listening side through the official SDK on the Ray app: server VAD commits one user turn per
-festival sentence, the ASR deployment (pocketsphinx, the embedded default) transcribes each, and a killed
-ASR replica fails turns in words, never in silence, then comes back."""
+festival sentence, the ASR deployment (pocketsphinx, the embedded default) transcribes each, its streaming
+backend (Kyutai STT, tiny) streams text while the user speaks, and a killed ASR replica fails turns in
+words, never in silence, then comes back."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from ray import serve
 
 from serve_app.constants import FRAME_SAMPLES
 from tests.fixtures.speech import sentences, sentences_pcm16, word_error_rate
-from tests.ray.conftest import APP, Cluster
+from tests.ray.conftest import APP, STREAMING_ASR, Cluster
 
 TOLERANCE_MS = 150
 MAX_WER = 0.15
 TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
+DELTA = "conversation.item.input_audio_transcription.delta"
 FAILED = "conversation.item.input_audio_transcription.failed"
 
 
@@ -71,6 +73,51 @@ async def test_each_sentence_is_a_turn_at_its_boundaries_and_transcribed_under_1
     wer = word_error_rate([s.text for s in known], hypotheses)
     print(f"pocketsphinx over the Ray app: WER {wer:.1%}: {hypotheses}")
     assert wer < MAX_WER, (wer, hypotheses)
+
+
+async def test_the_streaming_asr_sends_text_while_the_user_speaks_and_completes_at_the_commit(
+    cluster: Cluster,
+) -> None:
+    two = sentences()[:2]
+    pcm = sentences_pcm16()[: (two[-1].end_ms + 200) * 48] + bytes(2 * 24_000 * 3 // 2)  # + 1.5 s silence
+    arrivals: dict[str, list[float]] = {}  # event type + item id → when each arrived
+    async with await transcribing_session(cluster) as conn:
+        assert (await asyncio.wait_for(conn.recv(), 15)).type == "session.created"
+        await conn.session.update(
+            session={"type": "realtime", "audio": {"input": {"transcription": {"model": STREAMING_ASR}}}}
+        )
+
+        async def paced() -> None:  # a microphone: 80 ms of audio every 80 ms
+            step, began = 2 * FRAME_SAMPLES, time.monotonic()
+            for index, at in enumerate(range(0, len(pcm), step)):
+                await asyncio.sleep(max(0.0, began + 0.08 * index - time.monotonic()))
+                await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[at : at + step]).decode())
+
+        sender = asyncio.create_task(paced())
+        seen: list[Any] = []
+        deadline = time.monotonic() + 60
+        while sum(e.type in (TRANSCRIBED, FAILED) for e in seen) < len(two):
+            event = await asyncio.wait_for(conn.recv(), max(0.1, deadline - time.monotonic()))
+            if not event.type.startswith("response."):
+                seen.append(event)
+                arrivals.setdefault(f"{event.type} {getattr(event, 'item_id', '')}", []).append(
+                    time.monotonic()
+                )
+        sender.cancel()
+    assert not [e for e in seen if e.type in (FAILED, "error")], seen
+    stops = [e for e in seen if e.type == "input_audio_buffer.speech_stopped"]
+    assert len(stops) == len(two)
+    for stop in stops:
+        deltas = [e.delta for e in seen if e.type == DELTA and e.item_id == stop.item_id]
+        [completed] = [e for e in seen if e.type == TRANSCRIBED and e.item_id == stop.item_id]
+        assert deltas and completed.transcript == "".join(deltas).strip()
+        first_delta = arrivals[f"{DELTA} {stop.item_id}"][0]
+        assert first_delta < arrivals[f"input_audio_buffer.speech_stopped {stop.item_id}"][0]
+        assert (
+            arrivals[f"input_audio_buffer.committed {stop.item_id}"][0]
+            <= arrivals[f"{TRANSCRIBED} {stop.item_id}"][0]
+        )
+        print(f"streamed {len(deltas)} deltas for {stop.item_id}: {completed.transcript!r}")
 
 
 async def test_a_killed_asr_replica_fails_turns_in_words_and_transcription_comes_back(

@@ -15,6 +15,7 @@ from serve_app.asr.config import AsrBackendConfig, AsrConfig
 from serve_app.asr.service import AsrService
 from serve_app.config import AppConfig, ModelConfig, RealtimeLimits
 from serve_app.engine.spec import ModelSpec
+from serve_app.engine.startup import start_runner
 from serve_app.server.app import build_realtime_app
 from serve_app.server.local_gateway import LocalGateway, build_local_gateway
 from serve_app.server.transcription import LocalTranscription
@@ -22,6 +23,8 @@ from serve_app.session.settings import SessionSettings
 from tests.fixtures.net import free_port
 
 BROKEN_ASR = "broken-asr"
+STREAMING_ASR = "kyutai-stt-tiny"
+"""A generated tiny Kyutai-STT-shaped checkpoint (random text) on 2 streaming slots."""
 
 
 @dataclass
@@ -59,6 +62,13 @@ def local_server() -> Iterator[RunningServer]:
                 AsrBackendConfig(
                     id=BROKEN_ASR, kind="openai", base_url="http://127.0.0.1:9/v1", timeout_s=2.0
                 ),
+                AsrBackendConfig(
+                    id=STREAMING_ASR,
+                    kind="kyutai",
+                    spec=ModelSpec(tiny_seed=11, tiny_kind="stt"),
+                    slots=2,
+                    realtime=lenient,
+                ),
             ),
             default="pocketsphinx",
         ),
@@ -71,10 +81,21 @@ def local_server() -> Iterator[RunningServer]:
 def serve_in_process(config: AppConfig) -> Iterator[RunningServer]:
     """The app on uvicorn in a thread of this process, with a local gateway (no Ray)."""
     gateway = build_local_gateway(config)
+    streaming = config.asr.streaming_backend
+    streaming_asr = None
+    if streaming is not None:
+        engine = streaming.engine_config()
+        streaming_asr = LocalGateway({engine.id: start_runner(**engine.runner_options(), text_only=True)})
     port = free_port()
+    app = build_realtime_app(
+        gateway,
+        config,
+        transcription=LocalTranscription(AsrService(config.asr)),
+        streaming_asr=streaming_asr,
+    )
     server = uvicorn.Server(
         uvicorn.Config(
-            build_realtime_app(gateway, config, transcription=LocalTranscription(AsrService(config.asr))),
+            app,
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -94,3 +115,5 @@ def serve_in_process(config: AppConfig) -> Iterator[RunningServer]:
         server.should_exit = True
         thread.join(timeout=10)
         gateway.stop()
+        if streaming_asr is not None:
+            streaming_asr.stop()

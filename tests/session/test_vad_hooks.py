@@ -75,3 +75,41 @@ def test_the_server_can_start_sessions_without_barge_in(dialect: Dialect) -> Non
     h.frames(2, speaking=True, text="hi")
     h.session.speech_started(audio_start_ms=0)
     assert types_of(h.events()) == ["input_audio_buffer.speech_started"]
+
+
+def test_a_streaming_asr_sends_deltas_for_the_turn_being_spoken_and_completes_it_once(h: Harness) -> None:
+    h.update_input(transcription={"model": "kyutai-stt"})
+    h.append(24_000)
+    item_id = h.session.speech_started(audio_start_ms=300)
+    assert h.session.open_speech == (item_id, 300)
+    h.events()
+    h.session.input_transcription_delta(item_id, "hello")  # before the commit: the item is not there yet
+    delta = h.events()
+    assert types_of(delta) == ["conversation.item.input_audio_transcription.delta"]
+    assert delta[0]["item_id"] == item_id and delta[0]["delta"] == "hello"
+    h.append(12_000)
+    h.session.speech_stopped(audio_end_ms=1400)
+    assert h.session.open_speech is None
+    [request] = h.session.transcription_requests()
+    assert (request.item_id, request.audio_start_ms, request.audio_end_ms) == (item_id, 300, 1400)
+    h.events()
+    h.session.input_transcription_completed(item_id, "hello there", streamed=True)
+    completed = h.events()
+    assert types_of(completed) == ["conversation.item.input_audio_transcription.completed"]
+    assert completed[0]["transcript"] == "hello there"
+
+
+def test_deltas_for_an_unknown_item_are_dropped(h: Harness) -> None:
+    h.session.input_transcription_delta("item_nobody_spoke", "ghost")
+    assert h.events() == []
+
+
+def test_a_manual_commit_names_its_window_on_the_input_timeline(h: Harness) -> None:
+    h.update_input(turn_detection=None, transcription={"model": "kyutai-stt"})
+    h.append(24_000)
+    h.send({"type": "input_audio_buffer.commit"})
+    h.append(12_000)
+    h.send({"type": "input_audio_buffer.commit"})
+    first, second = h.session.transcription_requests()
+    assert (first.audio_start_ms, first.audio_end_ms) == (0, 1000)
+    assert (second.audio_start_ms, second.audio_end_ms) == (1000, 1500)

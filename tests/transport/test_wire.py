@@ -116,6 +116,27 @@ def test_frames_roundtrip() -> None:
         np.testing.assert_array_equal(got.pcm, sent.pcm)
 
 
+def test_text_only_frames_carry_no_audio_beside_frames_that_do() -> None:
+    no_audio = np.zeros(0, np.float32)
+    frames = [
+        EngineFrame(pcm=no_audio, text=" hel", speaking=True),
+        frame(6, "lo", True),
+        EngineFrame(pcm=no_audio, text=None, speaking=False),
+    ]
+    encoded = wire.encode_frames(0.5, [1, 2, 3], frames)
+    assert len(encoded) < FRAME_SAMPLES * 4 + 100  # one row of PCM on the wire, not three
+    decoded = roundtrip(encoded)
+    assert isinstance(decoded, wire.Frames)
+    assert [f.pcm.size for f in decoded.frames] == [0, FRAME_SAMPLES, 0]
+    assert [f.text for f in decoded.frames] == [" hel", "lo", None]
+    np.testing.assert_array_equal(decoded.frames[1].pcm, frames[1].pcm)
+
+
+def test_a_frame_of_any_other_length_is_refused() -> None:
+    with pytest.raises(ValueError, match="samples"):
+        wire.encode_frames(0.0, [1], [EngineFrame(pcm=np.zeros(10, np.float32), text=None, speaking=False)])
+
+
 def test_frames_text_and_speaking_are_independent() -> None:
     frames = [frame(4, "word", False), frame(5, None, True)]
     decoded = roundtrip(wire.encode_frames(1.0, [1, 2], frames))

@@ -1,0 +1,146 @@
+"""What a replica does to host engine slots: the engine's clock, the frame channel, leases, slot metrics.
+
+A model replica is one `SlotHost`; the ASR replica holds one for its streaming backend (Kyutai STT). Each
+session is one long-lived lease call to the replica's `session_stream`: Serve routes it once, counts it
+against `max_ongoing_requests`, autoscales on it and lets it finish on drain. The lease carries no audio;
+frames for all of an ingress's sessions travel on one channel connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import ray
+from ray import serve
+
+from deployments.metrics import ModelMetrics
+from deployments.wire import Admission, LeaseEnd
+from serve_app.engine.capacity import AdmissionGate
+from serve_app.engine.spec import ModelConfig
+
+if TYPE_CHECKING:
+    from serve_app.engine.runner import ClockedRunner, TickStats
+    from serve_app.transport.address import ChannelAddress
+    from serve_app.transport.replica_port import ReplicaPort
+
+logger = logging.getLogger("ray.serve")
+
+TICK_WINDOW = 20_000
+"""Tick durations kept for `tick_durations` (≈ 27 min of ticks at 12.5 per second)."""
+METRICS_FLUSH_S = 1.0
+"""How often tick statistics gathered on the runner thread are exported from the replica's loop."""
+CHANNEL_HOST_ENV = "MOSHI_REALTIME_CHANNEL_HOST"
+CHANNEL_PORT_ENV = "MOSHI_REALTIME_CHANNEL_PORT"
+
+
+class SlotHost:
+    def __init__(self, config: ModelConfig, *, text_only: bool) -> None:
+        """`text_only`: the checkpoint must be a streaming recogniser (True) or a Moshi (False)."""
+        self.config = config
+        self._text_only = text_only
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self._actor_name = ray.get_runtime_context().get_actor_name() or ""
+        self._log = {"model": config.id, "replica": self.replica_id}
+        self._ticks: collections.deque[TickStats] = collections.deque(maxlen=10_000)
+        self._recent_ticks: collections.deque[float] = collections.deque(maxlen=TICK_WINDOW)
+        self._metrics = ModelMetrics(config.id)
+
+    async def start(self) -> None:
+        from serve_app.transport.replica_port import ReplicaPort
+
+        # Loading and warm-up take seconds to minutes: off the loop, before Serve marks us running.
+        self.runner: ClockedRunner = await asyncio.to_thread(self._start_runner)
+        self._port: ReplicaPort = ReplicaPort(
+            self.runner, self.replica_id, ray.get_runtime_context().get_node_id()
+        )
+        self._gate = AdmissionGate(self.runner.capacity)
+        # Same-node ingresses use the Unix socket; TCP (on the node's address) serves the other nodes.
+        host = os.environ.get(CHANNEL_HOST_ENV) or ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self.address: ChannelAddress = await self._port.start(host, int(os.environ.get(CHANNEL_PORT_ENV, 0)))
+        self._record_slots()
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_metrics())
+        logger.info("replica ready (%d slots)", self.runner.slots_total, extra=self._log)
+
+    def _start_runner(self) -> ClockedRunner:
+        from serve_app.engine.startup import start_runner
+
+        # `slots: auto` on a CPU sizes the engine to this replica's share of a core.
+        share = ray.get_runtime_context().get_assigned_resources().get("CPU")  # type: ignore[no-untyped-call]
+        return start_runner(
+            **self.config.runner_options(),
+            on_tick=self._ticks.append,
+            cpu_share=share,
+            text_only=self._text_only,
+        )
+
+    async def session_stream(self, session_id: str) -> AsyncIterator[Admission | LeaseEnd]:
+        """The session's lease: admit it into a slot, yield the admission, hold until the lease ends.
+
+        The lease ends when the ingress releases it on the channel, the channel connection drops, the
+        slot fails or falls behind, or the caller cancels this call; the slot is freed in every case.
+        """
+        from serve_app.engine.errors import NoFreeSlot
+
+        log = {**self._log, "session_id": session_id}
+        try:
+            lease = await self._gate.admit(lambda: self._port.lease(session_id))
+        except NoFreeSlot as exc:
+            self._metrics.admissions_refused.inc()
+            logger.info("session refused: %s", exc, extra=log)
+            yield Admission(
+                self.replica_id,
+                self._actor_name,
+                slot=None,
+                capacity=self.runner.capacity(),
+                refusal=str(exc),
+            )
+            return
+        self._metrics.sessions_served.inc()
+        self._record_slots()
+        try:
+            yield Admission(
+                self.replica_id,
+                self._actor_name,
+                slot=lease.slot,
+                lease_id=lease.id,
+                channel=self.address,
+                capacity=self.runner.capacity(),
+                text_delay_s=self.runner.text_delay_s,
+            )
+            reason = await asyncio.shield(lease.ended)
+            yield LeaseEnd(reason.value)
+        finally:
+            self._port.release(lease.id)
+            self._record_slots()
+
+    def tick_durations(self) -> list[float]:
+        """Durations (s) of the ticks that stepped a slot since the last call."""
+        durations = list(self._recent_ticks)
+        self._recent_ticks.clear()
+        return durations
+
+    def _record_slots(self) -> None:
+        self._metrics.record_slots(self.runner.slots_used, self.runner.slots_total, self._port.sessions)
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_S)
+            ticks = [self._ticks.popleft() for _ in range(len(self._ticks))]
+            self._metrics.record_ticks(ticks)
+            self._recent_ticks.extend(t.duration_s for t in ticks if t.stepped_slots)
+            self._metrics.record_capacity(self.runner.capacity())
+            self._record_slots()
+
+    def check_health(self) -> None:
+        if not self.runner.running:
+            raise RuntimeError("the engine's clock thread stopped")
+
+    def stop(self) -> None:
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            runner.stop()

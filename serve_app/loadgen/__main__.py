@@ -1,0 +1,3 @@
+from serve_app.loadgen.cli import main
+
+raise SystemExit(main())
