@@ -22,15 +22,11 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml scripts/install.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first: the CPU wheel lies on these machines; on a GPU machine set TORCH_SPEC to the CUDA build.
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt "$(TORCH_SPEC)"
-	# moshi pins torch<2.10; its real runtime needs are in requirements.txt.
-	$(PY) -m pip install --quiet --no-deps "$(MOSHI_SPEC)"
-	$(PY) -m pip install --quiet --no-deps -e .
+	# The same recipe as cluster.yaml's nodes (CPU torch here; TORCH_INDEX picks a CUDA build).
+	PYTHON=$(PY) TORCH_SPEC="$(TORCH_SPEC)" MOSHI_SPEC="$(MOSHI_SPEC)" DEV=1 scripts/install.sh
 	@touch $(STAMP)
 
 serve: install

@@ -21,7 +21,7 @@ from ray import serve
 from deployments.metrics import ModelMetrics
 from deployments.wire import Admission, LeaseEnd
 from serve_app.engine.capacity import AdmissionGate
-from serve_app.engine.spec import ModelConfig
+from serve_app.engine.spec import ModelConfig, ModelSpec
 
 if TYPE_CHECKING:
     from serve_app.engine.runner import ClockedRunner, TickStats
@@ -36,6 +36,16 @@ METRICS_FLUSH_S = 1.0
 """How often tick statistics gathered on the runner thread are exported from the replica's loop."""
 CHANNEL_HOST_ENV = "MOSHI_REALTIME_CHANNEL_HOST"
 CHANNEL_PORT_ENV = "MOSHI_REALTIME_CHANNEL_PORT"
+
+
+def _cpu_defaults(spec: ModelSpec) -> None:
+    """On a CPU, torch.compile only slows the warm-up (minutes on 2 cores): off unless the environment
+    says otherwise, however the app was started (`make serve`, `serve run`, `serve deploy`). moshi reads
+    NO_TORCH_COMPILE when it is first imported, which is after this."""
+    import torch
+
+    if spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available()):
+        os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 
 class SlotHost:
@@ -67,6 +77,7 @@ class SlotHost:
         logger.info("replica ready (%d slots)", self.runner.slots_total, extra=self._log)
 
     def _start_runner(self) -> ClockedRunner:
+        _cpu_defaults(self.config.spec)
         from serve_app.engine.startup import start_runner
 
         # `slots: auto` on a CPU sizes the engine to this replica's share of a core.

@@ -47,6 +47,9 @@ def test_local_yaml_is_the_embedded_default_on_cpu() -> None:
         assert _deployments(schema)[model.id].ray_actor_options.num_gpus == 0
         # Sized at load to the replica's share of the CPU, so a small machine holds what it can serve.
         assert (model.slots, model.max_slots) == ("auto", 4)
+    # `serve run configs/local.yaml` gets what `make serve` exports, from the file itself.
+    env = schema.applications[0].runtime_env["env_vars"]
+    assert env == {"HF_HUB_OFFLINE": "1"}
     streaming = config.asr.streaming_backend  # streaming transcription runs offline too (tiny STT)
     assert streaming is not None and streaming.spec is not None and streaming.spec.tiny_kind == "stt"
 
