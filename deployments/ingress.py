@@ -6,6 +6,9 @@ the RayGateway (lease calls + frame channels) and the metrics observer into them
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,10 +21,16 @@ from starlette.applications import Starlette
 from deployments.asr import ASR_DEPLOYMENT, RayTranscription
 from deployments.metrics import IngressMetrics
 from deployments.ray_gateway import DEFAULT_ADMISSION_TIMEOUT_S, RayGateway
+from serve_app.banner import ready_lines
 from serve_app.config import AppConfig
 from serve_app.heap import freeze_heap
 from serve_app.server.app import build_realtime_app
 from serve_app.server.keepalive import websocket_keepalive_defaults
+
+logger = logging.getLogger("ray.serve")
+
+BANNER_POLL_S = 1.0
+BANNER_GIVE_UP_S = 3600.0
 
 
 class RealtimeIngress:
@@ -50,6 +59,24 @@ class RealtimeIngress:
                 deployment_status=lambda: {streaming.id: self._running_models().get(ASR_DEPLOYMENT, False)},
             )
         freeze_heap()  # Ray, Starlette and the SDK's event types: out of the collector's full passes
+        threading.Thread(target=self._announce_when_ready, name="ready-banner", daemon=True).start()
+
+    def _announce_when_ready(self) -> None:
+        """Log the banner `make serve` prints once every deployment runs, so `serve run` and `serve deploy`
+        (whose consoles and logs show the replicas' logs) tell the operator the same."""
+        deadline = time.monotonic() + BANNER_GIVE_UP_S
+        while time.monotonic() < deadline:
+            try:
+                running = self._running_models()
+            except Exception:  # the controller is busy or restarting: ask again
+                running = {}
+            if running and all(running.values()):
+                logger.info(
+                    "Moshi realtime is up (paths on the HTTP port):\n%s",
+                    "\n".join(ready_lines([self._config])),
+                )
+                return
+            time.sleep(BANNER_POLL_S)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """`serve deploy` can change these in place (no restart, live sessions untouched)."""

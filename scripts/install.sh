@@ -27,5 +27,8 @@ requirements=(-r requirements.txt)
 "${pip[@]}" "${requirements[@]}" "$TORCH_SPEC"
 "${pip[@]}" --no-deps "$MOSHI_SPEC"
 "${pip[@]}" --no-deps -e .
-"$PYTHON" -c 'import moshi, ray, torch, serve_app
-print(f"installed: torch {torch.__version__} (CUDA {torch.version.cuda or "none"}), moshi {moshi.__version__}, ray {ray.__version__}")'
+"$PYTHON" - <<'CHECK'
+import moshi, ray, torch, serve_app
+cuda = torch.version.cuda or "none"
+print(f"installed: torch {torch.__version__} (CUDA {cuda}), moshi {moshi.__version__}, ray {ray.__version__}")
+CHECK

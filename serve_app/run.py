@@ -25,6 +25,7 @@ from ray import serve
 from ray.serve._private import api as serve_api
 from ray.serve.schema import ServeDeploySchema
 
+from serve_app.banner import ready_lines
 from serve_app.config import AppConfig
 
 logger = logging.getLogger("serve_app.run")
@@ -226,13 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                 code = 1
             return code
         url = base_url(schema)
-        ws = url.replace("http://", "ws://", 1)
+        lines = ready_lines(configs, url)
         print(f"\nMoshi realtime is up after {time.monotonic() - started:.1f} s:", flush=True)
-        for config in configs:
-            for model in config.models:
-                print(f"  {ws}/v1/realtime?model={model.id}", flush=True)
-        print(f"  models: {url}/v1/models   health: {url}/healthz   status: {url}/v1/status", flush=True)
-        print(f"  browser demo: {url}/", flush=True)
+        for line in lines:
+            print(line, flush=True)
         if context.dashboard_url:
             print(f"  Ray dashboard: http://{context.dashboard_url} (Serve tab: the application)", flush=True)
         metrics_port = getattr(context, "address_info", {}).get("metrics_export_port")  # local Ray only
@@ -240,14 +238,6 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  Prometheus metrics (moshi_realtime_*): http://127.0.0.1:{metrics_port}/metrics; "
                 "Grafana panels: docs/grafana/moshi-realtime.json",
-                flush=True,
-            )
-        tiny = [m.id for c in configs for m in c.models if m.spec.tiny_seed is not None]
-        if tiny:
-            print(
-                f"  NOTE: {', '.join(tiny)} are embedded tiny checkpoints with RANDOM weights: they "
-                "answer with noise. Point the config at kyutai/moshiko-pytorch-bf16 (or a local "
-                "directory) on a GPU machine for the real model.",
                 flush=True,
             )
         print("Press Ctrl-C to stop.", flush=True)
