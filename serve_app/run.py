@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ logger = logging.getLogger("serve_app.run")
 APP_IMPORT_PATHS = ("deployments.app:build_app", "deployments.app:app")
 
 FRONTS = ("haproxy", "proxy")
+PROGRESS_EVERY_S = 5.0
 
 
 PRIORITY_ENVIRONMENT = {"RAY_worker_niceness": "0"}
@@ -140,18 +142,45 @@ def _failed_apps() -> dict[str, str]:
     return {name: app.message for name, app in apps.items() if app.status == "DEPLOY_FAILED"}
 
 
-def wait_healthy(schema: ServeDeploySchema, timeout_s: float, stop: threading.Event | None = None) -> bool:
-    """Poll every application's /healthz until all answer 200; raise if a deployment failed."""
+def _starting() -> str:
+    """The deployments still without all their replicas running, e.g. "moshi-sft 0/1"."""
+    waiting = []
+    for app in serve.status().applications.values():
+        for name, deployment in app.deployments.items():
+            states = deployment.replica_states.items()
+            running = sum(count for state, count in states if state == "RUNNING")
+            total = sum(count for _, count in states)
+            if running < max(total, 1):
+                waiting.append(f"{name} {running}/{total}")
+    return ", ".join(waiting)
+
+
+def wait_healthy(
+    schema: ServeDeploySchema,
+    timeout_s: float,
+    stop: threading.Event | None = None,
+    report: Callable[[str], None] | None = None,
+) -> bool:
+    """Poll every application's /healthz until all answer 200; raise if a deployment failed. `report`
+    gets a progress line every PROGRESS_EVERY_S (loading, generating and warming up take a while)."""
     urls = [
         base_url(schema) + (app.route_prefix or "/").rstrip("/") + "/healthz" for app in schema.applications
     ]
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline, next_report = started + timeout_s, started + PROGRESS_EVERY_S
     while time.monotonic() < deadline and not (stop and stop.is_set()):
         if all(_healthz_ok(url) for url in urls):
             return True
         failed = _failed_apps()
         if failed:
             raise RuntimeError(f"deployment failed: {failed}")
+        if report is not None and time.monotonic() >= next_report:
+            next_report += PROGRESS_EVERY_S
+            waiting = _starting() or "the HTTP front"
+            report(
+                f"  … {time.monotonic() - started:.0f} s: waiting for {waiting} (loading checkpoints, "
+                "generating tiny ones on first use, warming up)"
+            )
         time.sleep(0.5)
     return False
 
@@ -221,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         deploy(schema)
         started = time.monotonic()
-        if not wait_healthy(schema, args.ready_timeout, stop):
+        print(
+            f"Deploying {args.config}: progress every {PROGRESS_EVERY_S:g} s until /healthz answers.",
+            flush=True,
+        )
+        if not wait_healthy(schema, args.ready_timeout, stop, report=lambda line: print(line, flush=True)):
             if not stop.is_set():
                 logger.error("not healthy after %.0f s", args.ready_timeout)
                 code = 1
