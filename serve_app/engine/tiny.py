@@ -125,6 +125,19 @@ def _build(directory: Path, seed: int) -> Path:
         mimi = loaders.get_mimi(None, mimi_cfg, device="cpu")
         randomise_codebooks(mimi, generator)
         save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_NAME))
+    _write_configs(
+        directory,
+        lm_cfg,
+        mimi_cfg,
+        model_type="moshi",
+        lm_gen_config={"temp": 0.8, "temp_text": 0.7, "top_k": 250, "top_k_text": 25},
+        model_id={"name": "tiny-random", "seed": seed, "format": FORMAT_VERSION},
+    )
+    return directory
+
+
+def _write_configs(directory: Path, lm_cfg: dict[str, Any], mimi_cfg: dict[str, Any], **fields: Any) -> None:
+    """config.json (the LM kwargs, the file names, then `fields`) and the Mimi config, as real repos have."""
     (directory / MIMI_CONFIG_NAME).write_text(json.dumps(mimi_cfg, indent=2))
     config = {
         **lm_cfg,
@@ -132,12 +145,9 @@ def _build(directory: Path, seed: int) -> Path:
         "mimi_name": MIMI_NAME,
         "mimi_config_name": MIMI_CONFIG_NAME,
         "tokenizer_name": TOKENIZER_NAME,
-        "model_type": "moshi",
-        "lm_gen_config": {"temp": 0.8, "temp_text": 0.7, "top_k": 250, "top_k_text": 25},
-        "model_id": {"name": "tiny-random", "seed": seed, "format": FORMAT_VERSION},
+        **fields,
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    return directory
 
 
 def _build_stt(directory: Path, seed: int) -> Path:
@@ -152,19 +162,15 @@ def _build_stt(directory: Path, seed: int) -> Path:
         mimi = loaders.get_mimi(None, mimi_cfg, device="cpu")
         randomise_codebooks(mimi, torch.Generator().manual_seed(seed + 1))
         save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_NAME))
-    (directory / MIMI_CONFIG_NAME).write_text(json.dumps(mimi_cfg, indent=2))
-    config = {
-        **lm_cfg,
-        "moshi_name": LM_NAME,
-        "mimi_name": MIMI_NAME,
-        "mimi_config_name": MIMI_CONFIG_NAME,
-        "tokenizer_name": TOKENIZER_NAME,
-        "model_type": "stt",
-        "stt_config": TINY_STT_CONFIG,
-        "lm_gen_config": {"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 50},
-        "model_id": {"name": "tiny-random-stt", "seed": seed, "format": FORMAT_VERSION},
-    }
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    _write_configs(
+        directory,
+        lm_cfg,
+        mimi_cfg,
+        model_type="stt",
+        stt_config=TINY_STT_CONFIG,
+        lm_gen_config={"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 50},
+        model_id={"name": "tiny-random-stt", "seed": seed, "format": FORMAT_VERSION},
+    )
     return directory
 
 
