@@ -35,8 +35,6 @@ FLUSH_AFTER_S = 0.4
 completed by pushing silence: the client stopped sending, and nothing else would push its words out."""
 RETRY_AFTER_S = 5.0
 """After a stream failed to open or ended, a new one is tried this much later (not on every event)."""
-MAX_WAITING_AUDIO_S = 10.0
-"""Audio kept for the stream while its slot is being admitted (admission takes milliseconds to ~2 s)."""
 NO_STREAMING_ASR = "streaming transcription is not configured on this server"
 
 
@@ -103,11 +101,10 @@ class StreamingTranscription:
         self._notice_speech(turns)
         turns.fed_audio(len(pcm) * 1000 / SAMPLE_RATE)
         stream = self._stream
-        if stream is None:  # still being admitted: kept for it
+        if stream is None:
+            # Still being admitted: kept for it, all of it (dropping any would shift the stream off the input
+            # timeline); the gateway's admission timeout bounds how much.
             self._waiting_audio.append(pcm)
-            waiting_s = sum(len(p) for p in self._waiting_audio) / SAMPLE_RATE
-            while waiting_s > MAX_WAITING_AUDIO_S:
-                waiting_s -= len(self._waiting_audio.pop(0)) / SAMPLE_RATE
             return
         try:
             await stream.send_audio(pcm)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -11,22 +10,13 @@ from serve_app.asr.config import AsrBackendConfig, AsrConfig
 from serve_app.config import AppConfig, ModelConfig, RealtimeLimits
 from serve_app.engine.spec import ModelSpec
 from serve_app.session.settings import SessionSettings
-from tests.server.conftest import serve_in_process
+from tests.server.conftest import RunningServer, serve_in_process
 
 API_KEY = "browser-demo-key"
 
 
-@dataclass(frozen=True)
-class DemoServer:
-    host: str
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}/"
-
-
 @pytest.fixture(scope="module")
-def demo_server() -> Iterator[DemoServer]:
+def demo_server() -> Iterator[RunningServer]:
     # Chromium shares the 2 cores with the server and the engine here: only the slot count admits, and
     # neither the ingress loop's nor the VAD's lag refuses a session (tests/server and tests/ray cover those).
     lenient = RealtimeLimits(admit_fraction=None, max_lag_ms=5000)
@@ -39,4 +29,4 @@ def demo_server() -> Iterator[DemoServer]:
         ),
     )
     with serve_in_process(config) as server:  # the app serves the demo at / itself
-        yield DemoServer(server.host)
+        yield server

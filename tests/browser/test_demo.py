@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from tests.browser.conftest import API_KEY, DemoServer
+from tests.browser.conftest import API_KEY
 from tests.fixtures.speech import sentences_pcm16
+from tests.server.conftest import RunningServer
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -68,7 +69,7 @@ def note_failure(console: list[str], url: str, status: int) -> None:
         console.append(f"error: {url} answered {status}")
 
 
-def test_static_files_are_served_with_their_content_types(demo_server: DemoServer) -> None:
+def test_static_files_are_served_with_their_content_types(demo_server: RunningServer) -> None:
     expected = {
         "": "text/html",
         "web/app.js": "text/javascript",
@@ -78,14 +79,14 @@ def test_static_files_are_served_with_their_content_types(demo_server: DemoServe
         "web/style.css": "text/css",
     }
     for path, media_type in expected.items():
-        with urllib.request.urlopen(demo_server.url + path, timeout=10) as response:
+        with urllib.request.urlopen(f"{demo_server.http_base}/{path}", timeout=10) as response:
             assert response.status == 200
             assert response.headers["content-type"].split(";")[0] == media_type, path
             assert response.read()
 
 
 @contextlib.asynccontextmanager
-async def demo_page(server: DemoServer, tmp_path: Path, console: list[str]) -> AsyncIterator[Page]:
+async def demo_page(server: RunningServer, tmp_path: Path, console: list[str]) -> AsyncIterator[Page]:
     """The demo in headless Chromium with the fixture as its microphone; the console and failed loads
     are collected into `console`."""
     executable = chromium_or_fail()
@@ -105,13 +106,13 @@ async def demo_page(server: DemoServer, tmp_path: Path, console: list[str]) -> A
         browser = await p.chromium.launch(executable_path=executable, headless=True, args=args)
         try:
             context = await browser.new_context(viewport={"width": 900, "height": 900})
-            await context.grant_permissions(["microphone"], origin=server.url.rstrip("/"))
+            await context.grant_permissions(["microphone"], origin=server.http_base)
             page = await context.new_page()
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
             page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
             page.on("requestfailed", lambda r: console.append(f"error: {r.url} failed: {r.failure}"))
             page.on("response", lambda r: note_failure(console, r.url, r.status))
-            await page.goto(server.url)
+            await page.goto(f"{server.http_base}/")
             await page.wait_for_function("document.querySelectorAll('#model option').length > 0")
             yield page
         finally:
@@ -123,7 +124,9 @@ async def stats_of(page: Page) -> dict[str, Any]:
     return stats
 
 
-async def test_the_demo_talks_to_moshi_in_headless_chromium(demo_server: DemoServer, tmp_path: Path) -> None:
+async def test_the_demo_talks_to_moshi_in_headless_chromium(
+    demo_server: RunningServer, tmp_path: Path
+) -> None:
     from playwright.async_api import Error as PlaywrightError
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,7 @@ async def test_the_demo_talks_to_moshi_in_headless_chromium(demo_server: DemoSer
     assert not [line for line in console if line.startswith(("error", "pageerror"))], console
 
 
-async def test_a_wrong_api_key_is_shown_in_words(demo_server: DemoServer, tmp_path: Path) -> None:
+async def test_a_wrong_api_key_is_shown_in_words(demo_server: RunningServer, tmp_path: Path) -> None:
     console: list[str] = []
     async with demo_page(demo_server, tmp_path, console) as page:
         await page.fill("#api-key", "not-the-key")
