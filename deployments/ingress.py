@@ -46,8 +46,10 @@ class RealtimeIngress:
         websocket_keepalive_defaults(server.ping_interval_s, server.ping_timeout_s)
         self._app_name = serve.get_replica_context().app_name
         node_id = ray.get_runtime_context().get_node_id()
-        self._gateway = RayGateway(models, node_id, deployment_status=self._running_models)
-        self._metrics = IngressMetrics(self._gateway.model_ids())
+        self._metrics = IngressMetrics(models)
+        self._gateway = RayGateway(
+            models, node_id, deployment_status=self._running_models, moves=self._metrics
+        )
         self._transcription = RayTranscription(asr) if asr is not None else None
         streaming = self._config.asr.streaming_backend
         self._streaming_asr: RayGateway | None = None
@@ -106,6 +108,10 @@ class RealtimeIngress:
     def session_replicas(self) -> dict[str, dict[str, int]]:
         """session id → {replica id: frames served} for recent sessions on this ingress replica."""
         return self._gateway.ledger.snapshot()
+
+    def session_moves(self) -> dict[str, list[dict[str, Any]]]:
+        """session id → the moves of recent sessions on this ingress replica (why, from, to, gap_s)."""
+        return self._gateway.ledger.moves()
 
 
 IngressDeployment: Deployment = serve.deployment(

@@ -22,6 +22,8 @@ CODE_TAG = "code"
 # 80 ms is the real-time budget of one tick; the buckets resolve around it.
 TICK_BUCKETS_S = [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]
 FIRST_AUDIO_BUCKETS_S = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]
+MOVE_BUCKETS_S = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]
+REASON_TAG = "reason"
 
 
 def _start_at_zero(counter: Counter) -> None:
@@ -73,6 +75,22 @@ class ModelMetrics:
             "1 while the replica takes new sessions, 0 when full.",
             tag_keys=(MODEL_TAG,),
         )
+        self.sessions_resumed = Counter(
+            PREFIX + "replica_sessions_resumed",
+            "Sessions admitted here to continue from another replica (slot rebuilt from their history).",
+            tag_keys=(MODEL_TAG,),
+        )
+        self.sessions_moved = Counter(
+            PREFIX + "replica_sessions_moved",
+            "Sessions this replica told to move on because it was draining.",
+            tag_keys=(MODEL_TAG,),
+        )
+        self.rebuild_seconds = Histogram(
+            PREFIX + "slot_rebuild_seconds",
+            "From a resumed session's admission to its slot being rebuilt (prefill between ticks).",
+            boundaries=MOVE_BUCKETS_S,
+            tag_keys=(MODEL_TAG,),
+        )
         for metric in (
             self.capacity,
             self.admitting,
@@ -84,9 +102,12 @@ class ModelMetrics:
             self.missed_frames,
             self.sessions_served,
             self.admissions_refused,
+            self.sessions_resumed,
+            self.sessions_moved,
+            self.rebuild_seconds,
         ):
             metric.set_default_tags({MODEL_TAG: model_id})  # Serve adds its tags into the dict it gets
-        for counter in (self.late_ticks, self.missed_frames):
+        for counter in (self.late_ticks, self.missed_frames, self.sessions_resumed, self.sessions_moved):
             _start_at_zero(counter)
 
     def record_ticks(self, ticks: Iterable[TickStats]) -> None:
@@ -135,7 +156,31 @@ class IngressMetrics:
             boundaries=FIRST_AUDIO_BUCKETS_S,
             tag_keys=keys,
         )
+        by_reason: Any = (MODEL_TAG, REASON_TAG)
+        self.session_moves = Counter(
+            PREFIX + "session_moves",
+            "Sessions continued on another replica, by why (`drain`: their replica stopped, `lost`: died).",
+            tag_keys=by_reason,
+        )
+        self.session_move_failures = Counter(
+            PREFIX + "session_move_failures",
+            "Sessions that could not continue elsewhere (they got `session_lost`), by why.",
+            tag_keys=by_reason,
+        )
+        self.session_move_gap = Histogram(
+            PREFIX + "session_move_gap_seconds",
+            "A moved session's output gap: its last frame from the old replica to its first from the new.",
+            boundaries=MOVE_BUCKETS_S,
+            tag_keys=keys,
+        )
         self._open: dict[str, int] = {}
+
+    def session_moved(self, model_id: str, reason: str, gap_s: float) -> None:
+        self.session_moves.inc(tags={MODEL_TAG: model_id, REASON_TAG: reason})
+        self.session_move_gap.observe(gap_s, tags={MODEL_TAG: model_id})
+
+    def session_move_failed(self, model_id: str, reason: str) -> None:
+        self.session_move_failures.inc(tags={MODEL_TAG: model_id, REASON_TAG: reason})
 
     def session_started(self, model_id: str) -> None:
         self._open[model_id] = self._open.get(model_id, 0) + 1

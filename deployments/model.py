@@ -20,6 +20,7 @@ from deployments.wire import Admission, LeaseEnd
 from serve_app.config import ModelConfig
 
 if TYPE_CHECKING:
+    from serve_app.engine.history import ResumeWindow
     from serve_app.transport.address import ChannelAddress
 
 
@@ -29,9 +30,11 @@ class ModelReplica:
         self._host = SlotHost(ModelConfig.model_validate(model), text_only=False)
         await self._host.start()
 
-    async def session_stream(self, session_id: str) -> AsyncIterator[Admission | LeaseEnd]:
-        """The session's lease (SlotHost.session_stream)."""
-        async for item in self._host.session_stream(session_id):
+    async def session_stream(
+        self, session_id: str, resume: ResumeWindow | None = None
+    ) -> AsyncIterator[Admission | LeaseEnd]:
+        """The session's lease (SlotHost.session_stream); `resume` continues it from another replica."""
+        async for item in self._host.session_stream(session_id, resume):
             yield item
 
     def channel(self) -> tuple[str, ChannelAddress]:

@@ -4,6 +4,10 @@ A model replica is one `SlotHost`; the ASR replica holds one for its streaming b
 session is one long-lived lease call to the replica's `session_stream`: Serve routes it once, counts it
 against `max_ongoing_requests`, autoscales on it and lets it finish on drain. The lease carries no audio;
 frames for all of an ingress's sessions travel on one channel connection.
+
+A draining replica does not wait out `graceful_shutdown_timeout_s`: once Serve marks it STOPPING (which
+`DrainWatch` sees), it tells each session's ingress to move; the ingress resumes the session on another
+replica, whose lease call carries the session's kept history (`resume`) to rebuild the slot from.
 """
 
 from __future__ import annotations
@@ -12,18 +16,22 @@ import asyncio
 import collections
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import ray
 from ray import serve
 
+from deployments.drain_watch import DrainWatch
 from deployments.metrics import ModelMetrics
 from deployments.wire import Admission, LeaseEnd
 from serve_app.engine.capacity import AdmissionGate
+from serve_app.engine.history import ResumeWindow
 from serve_app.engine.spec import ModelConfig, ModelSpec
 
 if TYPE_CHECKING:
+    from serve_app.engine.rebuild import SlotRebuild
     from serve_app.engine.runner import ClockedRunner, TickStats
     from serve_app.transport.address import ChannelAddress
     from serve_app.transport.replica_port import ReplicaPort
@@ -73,7 +81,10 @@ class SlotHost:
         host = os.environ.get(CHANNEL_HOST_ENV) or ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         self.address: ChannelAddress = await self._port.start(host, int(os.environ.get(CHANNEL_PORT_ENV, 0)))
         self._record_slots()
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_metrics())
+        loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_metrics())
+        self._drain = DrainWatch(self.replica_id, has_sessions=lambda: self._port.sessions > 0)
+        self._drain_task = loop.create_task(self._move_on_drain())
         logger.info("replica ready (%d slots)", self.runner.slots_total, extra=self._log)
 
     def _start_runner(self) -> ClockedRunner:
@@ -89,17 +100,30 @@ class SlotHost:
             text_only=self._text_only,
         )
 
-    async def session_stream(self, session_id: str) -> AsyncIterator[Admission | LeaseEnd]:
+    async def session_stream(
+        self, session_id: str, resume: ResumeWindow | None = None
+    ) -> AsyncIterator[Admission | LeaseEnd]:
         """The session's lease: admit it into a slot, yield the admission, hold until the lease ends.
 
         The lease ends when the ingress releases it on the channel, the channel connection drops, the
-        slot fails or falls behind, or the caller cancels this call; the slot is freed in every case.
+        slot fails or falls behind, the replica drains (`moved`), or the caller cancels this call; the
+        slot is freed in every case. With `resume`, the session comes from another replica: its slot is
+        rebuilt from the window before it steps.
         """
         from serve_app.engine.errors import NoFreeSlot
 
         log = {**self._log, "session_id": session_id}
         try:
-            lease = await self._gate.admit(lambda: self._port.lease(session_id))
+            if self._drain.stopping:
+                raise NoFreeSlot("the replica is draining")
+            lease = await self._gate.admit(
+                lambda: self._port.lease(
+                    session_id,
+                    check_budget=resume is None,  # a session already running elsewhere must not be lost
+                    resume=resume,
+                    on_rebuilt=self._rebuilt_callback(log),
+                )
+            )
         except NoFreeSlot as exc:
             self._metrics.admissions_refused.inc()
             logger.info("session refused: %s", exc, extra=log)
@@ -112,6 +136,8 @@ class SlotHost:
             )
             return
         self._metrics.sessions_served.inc()
+        if resume is not None:
+            self._metrics.sessions_resumed.inc()
         self._record_slots()
         try:
             yield Admission(
@@ -122,12 +148,40 @@ class SlotHost:
                 channel=self.address,
                 capacity=self.runner.capacity(),
                 text_delay_s=self.runner.text_delay_s,
+                history=self.runner.history_spec,
             )
             reason = await asyncio.shield(lease.ended)
             yield LeaseEnd(reason.value)
         finally:
             self._port.release(lease.id)
             self._record_slots()
+
+    def _rebuilt_callback(self, log: dict[str, str]) -> Callable[[SlotRebuild], None]:
+        loop = asyncio.get_running_loop()
+
+        def on_rebuilt(job: SlotRebuild) -> None:  # clock thread
+            elapsed = time.perf_counter() - job.started
+            loop.call_soon_threadsafe(self._metrics.rebuild_seconds.observe, elapsed)
+            logger.info(
+                "slot %d rebuilt from %.1f s of history (%d LM steps) in %.0f ms (%.0f ms of compute)",
+                job.slot,
+                job.window.seconds,
+                job.lm_steps,
+                1000 * elapsed,
+                1000 * job.compute_s,
+                extra=log,
+            )
+
+        return on_rebuilt
+
+    async def _move_on_drain(self) -> None:
+        """Once Serve stops this replica, hand its sessions to the others instead of holding them."""
+        await self._drain.wait_until_stopping()
+        moved = self._port.move_all("the model replica is draining")
+        if moved:
+            self._metrics.sessions_moved.inc(moved)
+        self._record_slots()
+        logger.info("replica draining: %d sessions told to move", moved, extra=self._log)
 
     def tick_durations(self) -> list[float]:
         """Durations (s) of the ticks that stepped a slot since the last call."""

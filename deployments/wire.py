@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serve_app.engine.capacity import CapacityReport
+from serve_app.engine.history import HistorySpec
 from serve_app.transport.address import ChannelAddress
 
 
@@ -28,6 +29,8 @@ class Admission:
     """Why the session was refused (for logs)."""
     text_delay_s: float = 0.0
     """How far the slot's text trails its input (a streaming ASR's delay; 0 for Moshi)."""
+    history: HistorySpec | None = None
+    """What the session must keep to be rebuilt on another replica (None: it cannot be)."""
 
     @property
     def admitted(self) -> bool:
@@ -37,3 +40,4 @@ class Admission:
 @dataclass(frozen=True, slots=True)
 class LeaseEnd:
     reason: str
+    """An EndReason value: `moved` asks the ingress to continue the session on another replica."""

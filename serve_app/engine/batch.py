@@ -4,6 +4,8 @@ Follows the verified recipe of docs/ENGINE_FACTS.md ("The tick"): per-slot reset
 without a frame (paused, never fed invented silence), -2 placeholder rows clamped before decode.
 A text-only model (Kyutai STT: dep_q 0) runs the same tick without the decode: its frames carry text and
 no audio, one per input frame, after the checkpoint's silence prefix (stepped, never returned).
+A Moshi slot's frames also carry each step's record (serve_app/engine/history.py); a slot opened with a
+`ResumeWindow` is rebuilt from them (serve_app/engine/rebuild.py) before it steps again.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import torch
 from moshi.models.lm import LMGen
 
 from serve_app.constants import FRAME_MS, FRAME_SAMPLES
-from serve_app.engine.errors import NoFreeSlot
+from serve_app.engine.errors import NoFreeSlot, RebuildFailed
+from serve_app.engine.history import HistorySpec, ResumeWindow
 from serve_app.engine.loader import LoadedModel
 from serve_app.engine.port import EngineFrame
+from serve_app.engine.rebuild import SlotRebuild, history_spec
 from serve_app.engine.spec import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,8 @@ __all__ = ["BatchedEngine", "NoFreeSlot", "text_pieces"]
 _PERIOD_S = FRAME_MS / 1000
 _NO_PCM = np.zeros(0, np.float32)
 _NO_PCM.flags.writeable = False
+_NO_RECORDS = np.zeros((0, 0), np.int32)
+_NO_RECORDS.flags.writeable = False
 
 WARMUP_TICKS = 5
 """Enough for CUDAGraphed (1 eager call, then capture) to have captured encode, step and decode."""
@@ -53,8 +59,14 @@ class _Slot:
     partial: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
     hidden: int = 0
     """Queued frames whose output is not returned (the silence prefix of an STT stream)."""
+    rebuilding: bool = False
+    """The slot's state is being rebuilt: its queued frames wait (not stepped, not late)."""
+    records: list[npt.NDArray[np.int32]] = field(default_factory=list)
+    """Records of the steps not yet attached to a returned frame."""
 
     def clear(self) -> None:
+        self.rebuilding = False
+        self.records.clear()
         self.frames.clear()
         self.due.clear()
         self.last_due = float("-inf")
@@ -127,6 +139,11 @@ class BatchedEngine:
             float(model.stt_config.get("audio_delay_seconds", 0.0)) if model.text_only else 0.0
         )
         """How far a text-only model's text trails the audio it transcribes (s)."""
+        self.history_spec: HistorySpec | None = None if model.text_only else history_spec(model)
+        """How much history a slot needs to be rebuilt (None: a text-only model's cannot be)."""
+        self._rebuilds: dict[int, SlotRebuild] = {}
+        self._cancelled: list[SlotRebuild] = []
+        """Rebuilds of slots closed meanwhile: their scratch states are dropped on the tick thread."""
         self.last_tokens: dict[int, npt.NDArray[np.int64]] = {}
         """Per slot stepped validly in the last tick: [text, audio codes...] (for tests and diagnostics)."""
         self.ready = False
@@ -146,16 +163,33 @@ class BatchedEngine:
         with self._lock:
             return sum(slot.open for slot in self._slots)
 
-    def open_slot(self) -> int:
+    def open_slot(self, resume: ResumeWindow | None = None) -> int:
+        """Take a free slot for a new session, or, with `resume`, for one that stepped elsewhere before:
+        the slot is rebuilt from the window (`rebuild_step`) and steps its queued input afterwards."""
+        if resume is not None and self.history_spec is None:
+            raise ValueError("a text-only model's slots cannot be rebuilt")
         with self._lock:
-            for index, slot in enumerate(self._slots):
-                if not slot.open:
-                    slot.open, slot.starting = True, True
-                    slot.generation += 1
-                    slot.clear()
-                    self._queue_prefix(slot)
-                    return index
-        raise NoFreeSlot(f"all {len(self._slots)} slots are in use")
+            free = [index for index, slot in enumerate(self._slots) if not slot.open]
+            if not free:
+                raise NoFreeSlot(f"all {len(self._slots)} slots are in use")
+            index = free[0]
+            slot = self._slots[index]
+            slot.open = True
+            slot.generation += 1
+            slot.clear()
+            if resume is None or resume.steps == 0:
+                slot.starting = True
+                self._queue_prefix(slot)
+                return index
+            slot.starting, slot.rebuilding = False, True
+        try:
+            job = SlotRebuild(self._model, self._lm_gen, index, len(self._slots), resume)
+        except BaseException:
+            self.close_slot(index)
+            raise
+        with self._lock:
+            self._rebuilds[index] = job
+        return index
 
     def _queue_prefix(self, slot: _Slot) -> None:
         """The STT checkpoint's leading silence, due at once (stepped as catch-up, output dropped)."""
@@ -172,6 +206,43 @@ class BatchedEngine:
             state = self._slot(slot)
             state.open = False
             state.clear()
+            job = self._rebuilds.pop(slot, None)
+            if job is not None:
+                self._cancelled.append(job)
+
+    # --- rebuilding --------------------------------------------------------------------------------------
+
+    @property
+    def rebuilding(self) -> bool:
+        """Some slot is being rebuilt (or a cancelled rebuild waits to be dropped)."""
+        with self._lock:
+            return bool(self._rebuilds or self._cancelled)
+
+    def rebuild_step(self) -> SlotRebuild | None:
+        """Run one chunk of the oldest rebuild (on the tick thread, between ticks). Returns the rebuild
+        once it is complete (its slot steps from the next tick on); raises RebuildFailed."""
+        with self._tick_lock:
+            with self._lock:
+                cancelled, self._cancelled = self._cancelled, []
+                job = next(iter(self._rebuilds.values()), None)
+            for stale in cancelled:
+                stale.cancel()
+            if job is None:
+                return None
+            try:
+                done = job.step()
+            except Exception as exc:
+                job.cancel()
+                with self._lock:
+                    self._rebuilds.pop(job.slot, None)
+                raise RebuildFailed(job.slot, f"rebuilding the slot failed: {exc}") from exc
+            if not done:
+                return None
+            with self._lock:
+                if self._rebuilds.get(job.slot) is job:
+                    del self._rebuilds[job.slot]
+                    self._slots[job.slot].rebuilding = False
+            return job
 
     def push(self, slot: int, pcm: npt.NDArray[np.float32], now: float | None = None) -> int:
         """Queue 24 kHz mono audio of any length; it is cut into 1920-sample frames for the ticks.
@@ -205,7 +276,9 @@ class BatchedEngine:
         """Per open slot with queued input: how far its oldest frame is past its due time (s, ≥ 0 late)."""
         at = time.monotonic() if now is None else now
         with self._lock:
-            return {i: at - s.due[0] for i, s in enumerate(self._slots) if s.open and s.due}
+            return {
+                i: at - s.due[0] for i, s in enumerate(self._slots) if s.open and s.due and not s.rebuilding
+            }
 
     def _slot(self, slot: int) -> _Slot:
         if not 0 <= slot < len(self._slots):
@@ -224,7 +297,7 @@ class BatchedEngine:
             generations: dict[int, int] = {}
             with self._lock:
                 for index, slot in enumerate(self._slots):
-                    if slot.open and slot.frames:
+                    if slot.open and slot.frames and not slot.rebuilding:
                         self._audio[index, 0] = slot.frames.popleft()
                         slot.due.popleft()
                         active[index], starting[index] = True, slot.starting
@@ -235,20 +308,28 @@ class BatchedEngine:
                             generations[index] = slot.generation
             if not active.any():
                 return {}
-            tokens, pcm = self._step(active, starting)
+            tokens, pcm, records = self._step(active, starting)
             frames: dict[int, EngineFrame] = {}
             self.last_tokens = {}
             checked = 0 if self.text_only else 1  # the column that is -2 while nothing was generated
             with self._lock:
                 for index, generation in generations.items():
                     slot = self._slots[index]
-                    if tokens[index, checked] < 0 or not slot.open or slot.generation != generation:
+                    if not slot.open or slot.generation != generation:
+                        continue
+                    if records is not None:
+                        slot.records.append(records[index])
+                    if tokens[index, checked] < 0:
                         continue
                     if pcm is None and not self.text_only:
                         continue
                     text = self._piece(int(tokens[index, 0]))
                     audio = _NO_PCM if pcm is None else pcm[index].copy()
-                    frames[index] = EngineFrame(pcm=audio, text=text, speaking=text is not None)
+                    history = np.stack(slot.records) if slot.records else _NO_RECORDS
+                    slot.records.clear()
+                    frames[index] = EngineFrame(
+                        pcm=audio, text=text, speaking=text is not None, history=history
+                    )
                     self.last_tokens[index] = tokens[index].copy()
             return frames
 
@@ -257,11 +338,11 @@ class BatchedEngine:
 
     def _step(
         self, active_np: npt.NDArray[np.bool_], starting_np: npt.NDArray[np.bool_]
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32] | None]:
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32] | None, npt.NDArray[np.int32] | None]:
         """docs/ENGINE_FACTS.md "The tick", steps 1-5.
 
         Returns tokens [B, 1+dep_q] (-2 where not generated), pcm [B, N] (None when nothing was decoded,
-        always for a text-only model).
+        always for a text-only model), and each row's record [B, K] (None for a text-only model).
         """
         mimi, lm_gen, device = self._model.mimi, self._lm_gen, self._model.device
         any_start = bool(starting_np.any())
@@ -284,13 +365,26 @@ class BatchedEngine:
             assert out is not None  # support_out_of_sync never returns None
             pcm: torch.Tensor | None = None
             if self.text_only:
-                return out[:, :, 0].cpu().numpy(), None
+                return out[:, :, 0].cpu().numpy(), None, None
+            records = self._records(codes)
             valid = active & (out[:, 1, 0] >= 0)
             if bool(valid.any()):
                 mimi.set_exec_mask(valid)
                 pcm = mimi.decode(out[:, 1:].clamp(min=0))
             tokens = out[:, :, 0].cpu().numpy()
-            return tokens, None if pcm is None else pcm[:, 0].float().cpu().numpy()
+            return tokens, None if pcm is None else pcm[:, 0].float().cpu().numpy(), records
+
+    def _records(self, codes: torch.Tensor) -> npt.NDArray[np.int32]:
+        """This step's record per row: the tokens LMGen just sampled (as written to its ring, before the
+        delays are undone), then the input codes (serve_app/engine/rebuild.py)."""
+        state = self._lm_gen._streaming_state
+        assert state is not None
+        generated = self._model.lm.dep_q + 1
+        ring = state.cache.shape[2]
+        position = (state.offsets % ring)[:, None, None].expand(-1, generated, 1)
+        sampled = state.cache[:, :generated].gather(2, position)[:, :, 0]
+        needed = self._model.lm.num_codebooks - generated
+        return torch.cat([sampled, codes[:, :needed, 0]], dim=1).to(torch.int32).cpu().numpy()
 
     def warmup(self) -> None:
         """Run a few full-batch ticks (captures CUDA graphs on GPU), then reset every row and reseed."""

@@ -30,3 +30,11 @@ class FellBehind(SlotEnded):
 
 class SlotClosed(SlotEnded):
     """The slot was closed; nothing more can be pushed to it."""
+
+
+class RebuildFailed(SlotEnded):
+    """Rebuilding a resumed session's slot raised: that session cannot go on (the others are untouched)."""
+
+    def __init__(self, slot: int, message: str) -> None:
+        super().__init__(message)
+        self.slot = slot

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+_NO_HISTORY = np.zeros((0, 0), np.int32)
+_NO_HISTORY.flags.writeable = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,3 +25,8 @@ class EngineFrame:
 
     speaking: bool
     """Whether the model is speaking in this step (it produced a word piece)."""
+
+    history: npt.NDArray[np.int32] = field(default_factory=lambda: _NO_HISTORY)
+    """[steps, K] int32: the records of the steps since the slot's previous frame (usually one; the
+    first frame also carries the steps that produced no output yet). What the session keeps to rebuild
+    the slot elsewhere (serve_app/engine/history.py); empty from a text-only model."""

@@ -3,7 +3,8 @@
 The model step never runs on an asyncio loop; callbacks are invoked from this thread and must hand off fast.
 The clock also keeps the replica honest about real time: it catches up on input that is overdue (after a
 stall) while ticks leave room, refuses sessions its recent ticks cannot fit (`TickBudget`), and ends a
-session whose input has waited past the lag limit instead of answering it seconds late.
+session whose input has waited past the lag limit instead of answering it seconds late. A resumed
+session's slot is rebuilt in chunks between ticks, in the time the ticks leave (serve_app/engine/rebuild.py).
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import numpy.typing as npt
 from serve_app.constants import FRAME_MS
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.capacity import MAX_ADMIT_LAG_S, CapacityReport, TickBudget
-from serve_app.engine.errors import FellBehind, TickBudgetFull, TickFailed
+from serve_app.engine.errors import FellBehind, RebuildFailed, TickBudgetFull, TickFailed
+from serve_app.engine.history import HistorySpec, ResumeWindow
 from serve_app.engine.port import EngineFrame
+from serve_app.engine.rebuild import SlotRebuild
 
 logger = logging.getLogger(__name__)
 
 FrameCallback = Callable[[EngineFrame], None]
 ErrorCallback = Callable[[BaseException], None]
+RebuiltCallback = Callable[[SlotRebuild], None]
 
 DEFAULT_MAX_LAG_S = 1.0
 """A session whose oldest input frame is this far past due is ended (`FellBehind`)."""
@@ -38,6 +42,8 @@ SHED_INTERVAL_S = 0.5
 CATCH_UP_FRACTION = 0.6
 """Overdue input is caught up with back-to-back ticks only while a tick takes less than this share of
 the period, so catching up never starves the schedule it is catching up with."""
+REBUILD_MARGIN_S = 0.005
+"""A rebuild chunk starts only if, by the last chunk's duration, it ends this long before the next tick."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,7 @@ class RunnerStats:
 class _Registration:
     on_frame: FrameCallback
     on_error: ErrorCallback | None
+    on_rebuilt: RebuiltCallback | None = None
 
 
 class ClockedRunner:
@@ -106,6 +113,8 @@ class ClockedRunner:
         self._ticks = 0
         self._late = 0
         self._errors = 0
+        self._chunk_s = 0.0
+        """How long the last rebuild chunk took (s): the next one waits for that much room."""
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -141,6 +150,11 @@ class ClockedRunner:
     # --- slots ---------------------------------------------------------------------------------------------
 
     @property
+    def history_spec(self) -> HistorySpec | None:
+        """What a session must keep to have its slot rebuilt elsewhere (None: it cannot be)."""
+        return self._engine.history_spec
+
+    @property
     def text_delay_s(self) -> float:
         """How far a text-only model's text trails its input (0 for Moshi)."""
         return self._engine.text_delay_s
@@ -162,11 +176,19 @@ class ClockedRunner:
         return self.budget.report(self.slots_used, lag_s=max(0.0, lag))
 
     def open_slot(
-        self, on_frame: FrameCallback, on_error: ErrorCallback | None = None, *, check_budget: bool = False
+        self,
+        on_frame: FrameCallback,
+        on_error: ErrorCallback | None = None,
+        *,
+        check_budget: bool = False,
+        resume: ResumeWindow | None = None,
+        on_rebuilt: RebuiltCallback | None = None,
     ) -> int:
         """Take a free slot (raises NoFreeSlot; with `check_budget`, TickBudgetFull when recent ticks
         leave no room for one more session). Callbacks run on the runner thread; `on_error` is told when
-        the slot's session cannot go on (`TickFailed`, `FellBehind`), after which its owner closes it."""
+        the slot's session cannot go on (`TickFailed`, `FellBehind`, `RebuildFailed`), after which its
+        owner closes it. With `resume`, the slot is rebuilt from the window first; `on_rebuilt` is told
+        when it is, and the window's pending input (as late as it is old) is stepped from then on."""
         if check_budget:
             report = self.capacity()
             if not report.admitting and report.slots_used < report.slots_total:
@@ -177,10 +199,12 @@ class ClockedRunner:
                     + (f", input {1000 * report.lag_s:.0f} ms behind" if behind else "")
                 )
         held = self.slots_used
-        slot = self._engine.open_slot()
+        slot = self._engine.open_slot(resume)
         self.budget.admitted(held)
         with self._lock:
-            self._registrations[slot] = _Registration(on_frame, on_error)
+            self._registrations[slot] = _Registration(on_frame, on_error, on_rebuilt)
+        if resume is not None and resume.pending.size:
+            self._engine.push(slot, resume.pending, time.monotonic() - resume.pending_age_s)
         self._wake.set()
         return slot
 
@@ -235,15 +259,56 @@ class ClockedRunner:
                     deadline = (
                         time.monotonic()
                     )  # a stall left input waiting: step it now, while there is room
+                self._rebuild_until(deadline)
         except BaseException:  # the loop itself must never die silently
             logger.exception("engine clock crashed")
             raise
+
+    def _rebuild_until(self, deadline: float) -> None:
+        """Rebuild chunks in the time left before the next tick (at least one per period, so a rebuild
+        always progresses; a chunk is a few ms even for a full-size model on a GPU)."""
+        first = True
+        while self._engine.rebuilding and not self._stopping.is_set():
+            if not first and time.monotonic() + self._chunk_s + REBUILD_MARGIN_S > deadline:
+                return
+            first = False
+            started = time.perf_counter()
+            try:
+                job = self._engine.rebuild_step()
+            except RebuildFailed as exc:
+                self._end_slot(exc.slot, exc)
+                continue
+            finally:
+                self._chunk_s = time.perf_counter() - started
+            if job is not None:
+                with self._lock:
+                    registration = self._registrations.get(job.slot)
+                if registration is not None and registration.on_rebuilt is not None:
+                    try:
+                        registration.on_rebuilt(job)
+                    except Exception:
+                        logger.exception("on_rebuilt callback of slot %d failed", job.slot)
+
+    def _end_slot(self, slot: int, error: BaseException) -> None:
+        """Tell one slot's session it cannot go on; its owner closes the slot."""
+        with self._lock:
+            registration = self._registrations.pop(slot, None)
+            if registration is None:
+                return
+            self._failed.add(slot)
+        if registration.on_error is not None:
+            try:
+                registration.on_error(error)
+            except Exception:
+                logger.exception("on_error callback of slot %d failed", slot)
 
     def _wait_for_slots(self) -> bool:
         """True when a slot is open; otherwise block (no polling) until one opens or stop."""
         with self._lock:
             if self._registrations:
                 return True
+        if self._engine.rebuilding:  # a cancelled rebuild's scratch state still to drop
+            self._rebuild_until(time.monotonic())
         self._wake.wait()
         self._wake.clear()
         return False
@@ -317,18 +382,9 @@ class ClockedRunner:
             return
         slot, lag = max(hopeless.items(), key=lambda item: item[1])
         self._over_limit.pop(slot, None)
-        with self._lock:
-            registration = self._registrations.pop(slot, None)
-            if registration is None:
-                return
-            self._failed.add(slot)
-            self._last_shed = now
+        self._last_shed = now
         logger.warning("slot %d is %.0f ms behind real time: ending its session", slot, 1000 * lag)
-        if registration.on_error is not None:
-            try:
-                registration.on_error(FellBehind(lag, self._max_lag_s))
-            except Exception:
-                logger.exception("on_error callback of slot %d failed", slot)
+        self._end_slot(slot, FellBehind(lag, self._max_lag_s))
 
     def _fail(self, snapshot: dict[int, _Registration], exc: Exception) -> None:
         """A failed tick may have left any row half-stepped: end every session (each owner is told and then

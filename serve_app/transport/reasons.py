@@ -16,3 +16,5 @@ class EndReason(StrEnum):
     """The replica holds no such lease for this connection."""
     LOST = "lost"
     """The connection or the replica went away."""
+    MOVED = "moved"
+    """The replica is draining: the session should continue on another replica, rebuilt from its history."""

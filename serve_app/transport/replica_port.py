@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve_app.engine.errors import FellBehind, SlotEnded, TickFailed
+from serve_app.engine.history import ResumeWindow
 from serve_app.engine.port import EngineFrame
-from serve_app.engine.runner import ClockedRunner, ErrorCallback, FrameCallback, TickStats
+from serve_app.engine.runner import ClockedRunner, ErrorCallback, FrameCallback, RebuiltCallback, TickStats
 from serve_app.transport import wire
 from serve_app.transport.address import ChannelAddress
 from serve_app.transport.reasons import EndReason
@@ -108,11 +109,23 @@ class ReplicaPort:
 
     # --- leases ---------------------------------------------------------------------------------------
 
-    def lease(self, session_id: str, *, check_budget: bool = True) -> Lease:
-        """Admit a session into a free slot: raises NoFreeSlot (or TickBudgetFull)."""
+    def lease(
+        self,
+        session_id: str,
+        *,
+        check_budget: bool = True,
+        resume: ResumeWindow | None = None,
+        on_rebuilt: RebuiltCallback | None = None,
+    ) -> Lease:
+        """Admit a session into a free slot: raises NoFreeSlot (or TickBudgetFull). With `resume`, the
+        session continues from another replica: its slot is rebuilt from the window first."""
         lease_id = next(self._ids)
         slot = self._runner.open_slot(
-            self._frame_callback(lease_id), on_error=self._error_callback(lease_id), check_budget=check_budget
+            self._frame_callback(lease_id),
+            on_error=self._error_callback(lease_id),
+            check_budget=check_budget,
+            resume=resume,
+            on_rebuilt=on_rebuilt,
         )
         lease = Lease(lease_id, session_id, slot, self._loop.create_future())
         self._leases[lease_id] = lease
@@ -132,6 +145,14 @@ class ReplicaPort:
                 lease.connection.send(wire.encode_ended(lease_id, reason.value, detail))
         if not lease.ended.done():
             lease.ended.set_result(reason)
+
+    def move_all(self, detail: str) -> int:
+        """Tell every lease's ingress to continue its session elsewhere (the replica is draining), and
+        free the slots. Returns how many were told."""
+        leases = list(self._leases)
+        for lease_id in leases:
+            self.release(lease_id, EndReason.MOVED, detail)
+        return len(leases)
 
     def _frame_callback(self, lease_id: int) -> FrameCallback:
         frames = self._tick_frames

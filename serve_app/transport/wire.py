@@ -2,7 +2,8 @@
 
 Every message is `u32 length | u8 kind | body` (little-endian). Audio is float32 PCM at 24 kHz; a tick's
 frames travel as one array of shape [n, FRAME_SAMPLES] with the sessions' lease ids beside it (frames of a
-text-only model carry no audio: a flag says which rows are present).
+text-only model carry no audio: a flag says which rows are present), then each frame's step records (the
+history a session keeps to be rebuilt elsewhere: serve_app/engine/history.py) as one int32 block.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _LENGTH = struct.Struct("<I")
 _HELLO = struct.Struct("<16s")
 _COUNT = struct.Struct("<I")
 _TICK = struct.Struct("<dI")
+_WIDTH = struct.Struct("<H")
+_NO_RECORDS = np.zeros((0, 0), np.int32)
 
 
 class Kind(IntEnum):
@@ -146,9 +149,16 @@ def encode_frames(tick_s: float, leases: Sequence[int], frames: Sequence[EngineF
     lengths = np.fromiter((len(t) for t in texts), dtype="<u4", count=n)
     with_audio = [f.pcm for f in frames if f.pcm.size]
     pcm = np.stack(with_audio).astype("<f4", copy=False) if with_audio else np.zeros(0, "<f4")
+    with_records = [f.history for f in frames if f.history.size]
+    width = with_records[0].shape[1] if with_records else 0
+    if any(r.shape[1] != width for r in with_records):
+        raise ValueError("every frame of a tick has records of the same width")
+    steps = np.fromiter((len(f.history) if f.history.size else 0 for f in frames), dtype="<u2", count=n)
+    records = np.concatenate(with_records).astype("<i4", copy=False) if with_records else np.zeros(0, "<i4")
     return _frame(
         Kind.FRAMES, _TICK.pack(tick_s, n), _ids(leases)[_COUNT.size :], flags.tobytes(),
-        lengths.tobytes(), pcm.tobytes(), b"".join(texts),
+        lengths.tobytes(), pcm.tobytes(), b"".join(texts), steps.tobytes(), _WIDTH.pack(width),
+        records.tobytes(),
     )  # fmt: skip
 
 
@@ -238,13 +248,19 @@ def _decode(view: memoryview) -> Message:
         rows = int(np.count_nonzero(flags & 4))
         pcm = body.array("<f4", rows * FRAME_SAMPLES).astype(np.float32).reshape(rows, FRAME_SAMPLES)
         text = bytes(body.take(int(lengths.sum())))
-        frames, at, row = [], 0, 0
+        steps = body.array("<u2", n)
+        (width,) = _WIDTH.unpack(body.take(_WIDTH.size))
+        total = int(steps.sum())
+        records = body.array("<i4", total * width).astype(np.int32).reshape(total, width)
+        frames, at, row, step = [], 0, 0, 0
         for i in range(n):
             piece = text[at : at + int(lengths[i])].decode() if flags[i] & 2 else None
             at += int(lengths[i])
             audio = pcm[row] if flags[i] & 4 else _NO_PCM
             row += bool(flags[i] & 4)
-            frames.append(EngineFrame(pcm=audio, text=piece, speaking=bool(flags[i] & 1)))
+            history = records[step : step + int(steps[i])] if steps[i] else _NO_RECORDS
+            step += int(steps[i])
+            frames.append(EngineFrame(pcm=audio, text=piece, speaking=bool(flags[i] & 1), history=history))
         result = Frames(tick_s, leases, tuple(frames))
     else:
         (lease,) = _COUNT.unpack(body.take(_COUNT.size))

@@ -8,9 +8,11 @@ import psutil
 import pytest
 import torch
 
+from serve_app.constants import FRAME_SAMPLES
 from serve_app.engine.batch import BatchedEngine, NoFreeSlot
 from serve_app.engine.capacity import TickBudget
 from serve_app.engine.errors import FellBehind, TickBudgetFull, TickFailed
+from serve_app.engine.history import SessionHistory
 from serve_app.engine.loader import LoadedModel
 from serve_app.engine.port import EngineFrame
 from serve_app.engine.runner import ClockedRunner, TickStats
@@ -284,3 +286,43 @@ def test_budget_refuses_a_session_its_recent_ticks_cannot_fit(engine: BatchedEng
         runner.open_slot(Inbox().on_frame)  # without the check only slots bound it
     finally:
         runner.stop()
+
+
+def test_a_resumed_session_is_rebuilt_between_ticks_and_catches_up(
+    runner: ClockedRunner, engine: BatchedEngine
+) -> None:
+    """The clock rebuilds the slot in the time its ticks leave, tells the owner, then steps the window's
+    pending input (as late as it is old) back to back; the session beside it keeps getting frames."""
+    assert engine.history_spec is not None
+    history = SessionHistory(engine.history_spec)
+    first = Inbox()
+    slot = runner.open_slot(first.on_frame, on_error=first.on_error)
+    audio = noise(60, seed=21)
+    history.add_input(audio[: 30 * FRAME_SAMPLES], now=time.monotonic())
+    runner.push(slot, audio[: 30 * FRAME_SAMPLES])
+    first.wait_frames(29)
+    runner.close_slot(slot)
+    for frame in first.frames:
+        history.add_records(frame.history)
+    history.add_input(audio[30 * FRAME_SAMPLES :], now=time.monotonic() - 1.0)  # sent a second ago
+    window = history.window(now=time.monotonic())
+    assert window.steps == 30 and window.pending_age_s >= 1.0
+
+    neighbour = Inbox()
+    beside = runner.open_slot(neighbour.on_frame)
+    runner.push(beside, noise(200, seed=22))
+    neighbour.wait_frames(5)
+    rebuilt = threading.Event()
+    moved = Inbox()
+    started = time.monotonic()
+    runner.open_slot(
+        moved.on_frame, on_error=moved.on_error, resume=window, on_rebuilt=lambda job: rebuilt.set()
+    )
+    assert rebuilt.wait(10)
+    moved.wait_frames(30)
+    took = time.monotonic() - started
+    assert took < 2.4, f"{took:.2f} s to rebuild and step 30 pending frames (real time: 2.4 s)"
+    assert not moved.errors
+    with neighbour.changed:
+        during = len(neighbour.frames)
+    assert during >= 5 + int(took / 0.08) - 3  # the neighbour kept real time meanwhile

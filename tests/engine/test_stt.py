@@ -13,6 +13,7 @@ from moshi.models.lm import LMGen
 from serve_app.asr.config import GREEDY
 from serve_app.constants import FRAME_SAMPLES
 from serve_app.engine.batch import BatchedEngine
+from serve_app.engine.history import ResumeWindow
 from serve_app.engine.loader import CheckpointError, LoadedModel, load_model
 from serve_app.engine.spec import ModelSpec
 from serve_app.engine.startup import start_runner
@@ -88,3 +89,13 @@ def test_a_model_deployment_refuses_an_stt_checkpoint_and_the_asr_a_moshi_one(st
         start_runner(
             ModelSpec(tiny_seed=1, device="cpu"), slots=1, max_slots=1, sampling=GREEDY, text_only=True
         )
+
+
+def test_a_text_only_models_slots_cannot_be_rebuilt(stt_model: LoadedModel) -> None:
+    """Sessions of a streaming ASR are not moved between replicas (their turns fail over instead)."""
+    silence = np.zeros(0, np.float32)
+    window = ResumeWindow(1, np.zeros((1, 9), np.int32), silence, silence, 0.0)
+    with BatchedEngine(stt_model, slots=1, sampling=GREEDY) as engine:
+        assert engine.history_spec is None
+        with pytest.raises(ValueError, match="cannot be rebuilt"):
+            engine.open_slot(resume=window)

@@ -125,6 +125,11 @@ class Cluster:
         result: dict[str, dict[str, int]] = self.ingress().session_replicas.remote().result(timeout_s=10)
         return result
 
+    def session_moves(self) -> dict[str, list[dict[str, Any]]]:
+        """Ingress ledger: session id → its moves between replicas (why, from, to, gap_s)."""
+        result: dict[str, list[dict[str, Any]]] = self.ingress().session_moves.remote().result(timeout_s=10)
+        return result
+
     def replicas(self, deployment: str, state: str = "RUNNING") -> int:
         app = serve.status().applications[APP]
         states = app.deployments[deployment].replica_states

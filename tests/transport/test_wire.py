@@ -132,6 +132,33 @@ def test_text_only_frames_carry_no_audio_beside_frames_that_do() -> None:
     np.testing.assert_array_equal(decoded.frames[1].pcm, frames[1].pcm)
 
 
+def test_frames_carry_each_sessions_step_records() -> None:
+    rng = np.random.default_rng(3)
+    first = rng.integers(0, 32000, (3, 17)).astype(np.int32)  # a slot's first frame: several steps
+    later = rng.integers(0, 2048, (1, 17)).astype(np.int32)
+    frames = [
+        EngineFrame(pcm=frame(1, None, False).pcm, text=None, speaking=False, history=first),
+        frame(2, "x", True),  # no records (a text-only model's)
+        EngineFrame(pcm=frame(3, " y", True).pcm, text=" y", speaking=True, history=later),
+    ]
+    decoded = roundtrip(wire.encode_frames(0.01, [1, 2, 3], frames))
+    assert isinstance(decoded, wire.Frames)
+    np.testing.assert_array_equal(decoded.frames[0].history, first)
+    assert decoded.frames[1].history.size == 0
+    np.testing.assert_array_equal(decoded.frames[2].history, later)
+    assert decoded.frames[2].history.dtype == np.int32
+
+
+def test_records_of_different_widths_in_one_tick_are_refused() -> None:
+    pcm = frame(1, None, False).pcm
+    frames = [
+        EngineFrame(pcm=pcm, text=None, speaking=False, history=np.zeros((1, width), np.int32))
+        for width in (17, 9)
+    ]
+    with pytest.raises(ValueError, match="same width"):
+        wire.encode_frames(0.0, [1, 2], frames)
+
+
 def test_a_frame_of_any_other_length_is_refused() -> None:
     with pytest.raises(ValueError, match="samples"):
         wire.encode_frames(0.0, [1], [EngineFrame(pcm=np.zeros(10, np.float32), text=None, speaking=False)])

@@ -1,0 +1,173 @@
+"""Slot rebuild benchmark: how long a resumed session waits for its slot, against the history it brings.
+
+For each window length (1 s … 240 s of history, the LM's whole context), a slot is rebuilt on a running
+`ClockedRunner` while `--neighbours` other sessions stream in real time on the same engine: the rebuild's
+chunks go between their ticks, as on a replica. Reported per window: wall time from admission to the
+rebuilt slot (what the moved session waits), the rebuild's own compute, its chunks, and whether the
+neighbours stayed in real time meanwhile (their worst input lag, late ticks).
+
+Run: `python -m serve_app.bench.rebuild_bench [--out bench_out]` (tiny checkpoint, CPU), or
+`python -m serve_app.bench.rebuild_bench --device cuda --full-size` (Moshi 7B geometry, random weights).
+A program that prints numbers, not a test. Writes rebuild_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve_app.bench.engine_bench import full_size_model, git_commit, machine_info
+from serve_app.constants import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.engine.batch import BatchedEngine
+from serve_app.engine.history import ResumeWindow
+from serve_app.engine.loader import LoadedModel, load_model, resolve_device, resolve_dtype
+from serve_app.engine.rebuild import LM_CHUNK_STEPS, SlotRebuild
+from serve_app.engine.runner import ClockedRunner, TickStats
+from serve_app.engine.spec import ModelSpec, SamplingParams
+
+logger = logging.getLogger("rebuild_bench")
+
+DEFAULT_WINDOWS_S = (1, 5, 15, 30, 60, 120, 240)
+PERIOD_S = FRAME_MS / 1000
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.bench.rebuild_bench", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+    parser.add_argument("--full-size", action="store_true", help="Moshi 7B geometry, random weights")
+    parser.add_argument("--seed", type=int, default=0, help="tiny checkpoint seed")
+    parser.add_argument("--windows", type=float, nargs="+", default=list(DEFAULT_WINDOWS_S), help="seconds")
+    parser.add_argument("--neighbours", type=int, default=1, help="sessions streaming beside the rebuild")
+    parser.add_argument("--repeats", type=int, default=2, help="rebuilds per window (the best is kept)")
+    return parser.parse_args(argv)
+
+
+def synthetic_window(model: LoadedModel, seconds: float, rng: np.random.Generator) -> ResumeWindow:
+    """A window of the given length with valid random tokens (rebuild time depends on shapes only)."""
+    lm = model.lm
+    steps = max(1, round(seconds * SAMPLE_RATE / FRAME_SAMPLES))
+    kept = min(steps, 3000)
+    records = np.empty((kept, lm.num_codebooks), np.int32)
+    records[:, 0] = rng.integers(0, lm.text_card, kept)
+    records[:, 1:] = rng.integers(0, lm.card, (kept, lm.num_codebooks - 1))
+    frames = min(steps, 125)
+    audio = (rng.standard_normal(frames * FRAME_SAMPLES) * 0.1).astype(np.float32)
+    return ResumeWindow(steps, records, audio, np.zeros(0, np.float32), 0.0)
+
+
+def measure(
+    runner: ClockedRunner, engine: BatchedEngine, ticks: list[TickStats], window: ResumeWindow
+) -> dict[str, Any]:
+    done = threading.Event()
+    jobs: list[SlotRebuild] = []
+
+    def rebuilt(job: SlotRebuild) -> None:
+        jobs.append(job)
+        done.set()
+
+    first_tick = len(ticks)
+    started = time.perf_counter()
+    slot = runner.open_slot(lambda frame: None, resume=window, on_rebuilt=rebuilt)
+    worst_lag = 0.0
+    while not done.wait(0.01):
+        worst_lag = max(worst_lag, *engine.lateness().values(), 0.0)
+        if time.perf_counter() - started > 600:
+            raise TimeoutError("the rebuild did not finish in 10 minutes")
+    wall = time.perf_counter() - started
+    runner.close_slot(slot)
+    (job,) = jobs
+    during = [t for t in ticks[first_tick:] if t.stepped_slots]
+    return {
+        "window_s": round(window.seconds, 2),
+        "lm_steps": job.lm_steps,
+        "wall_ms": round(1000 * wall, 1),
+        "compute_ms": round(1000 * job.compute_s, 1),
+        "chunks": job.chunks,
+        "neighbour_ticks": len(during),
+        "neighbour_late_ticks": sum(t.late for t in during),
+        "neighbour_worst_lag_ms": round(1000 * worst_lag, 1),
+    }
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if args.full_size:
+        model = full_size_model(device, dtype, args.seed)
+    else:
+        model = load_model(ModelSpec(tiny_seed=args.seed, device=str(device), dtype=args.dtype))
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    with BatchedEngine(model, slots=args.neighbours + 1, sampling=SamplingParams()) as engine:
+        engine.warmup()
+        runner = ClockedRunner(engine, max_lag_s=None)
+        ticks: list[TickStats] = []
+        runner.add_tick_listener(ticks.append)
+        runner.start()
+        try:
+            for _ in range(args.neighbours):  # real-time input for the whole run, due 80 ms apart
+                slot = runner.open_slot(lambda frame: None)
+                runner.push(slot, (rng.standard_normal(FRAME_SAMPLES * 12_000) * 0.1).astype(np.float32))
+            time.sleep(1.0)
+            measure(
+                runner, engine, ticks, synthetic_window(model, 2.0, rng)
+            )  # first-call costs out of the way
+            for seconds in args.windows:
+                best = min(
+                    (
+                        measure(runner, engine, ticks, synthetic_window(model, seconds, rng))
+                        for _ in range(args.repeats)
+                    ),
+                    key=lambda row: row["wall_ms"],
+                )
+                rows.append(best)
+                print(
+                    f"{best['window_s']:6.1f} s of history: slot rebuilt in {best['wall_ms']:7.1f} ms "
+                    f"({best['compute_ms']:.1f} ms compute, {best['chunks']} chunks); neighbours: "
+                    f"{best['neighbour_late_ticks']}/{best['neighbour_ticks']} late ticks, worst lag "
+                    f"{best['neighbour_worst_lag_ms']:.0f} ms",
+                    flush=True,
+                )
+        finally:
+            runner.stop()
+    return {
+        "command": command,
+        "commit": git_commit(),
+        "machine": machine_info(device),
+        "model": {
+            "kind": "full-size (random weights)" if args.full_size else f"tiny seed {args.seed}",
+            "lm_params": sum(p.numel() for p in model.lm.parameters()),
+            "device": str(device),
+            "lm_dtype": str(dtype).removeprefix("torch."),
+        },
+        "neighbours": args.neighbours,
+        "lm_chunk_steps": LM_CHUNK_STEPS,
+        "rows": rows,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    command = "python -m serve_app.bench.rebuild_bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = run(args, command)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "rebuild_bench.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
