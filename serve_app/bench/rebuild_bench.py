@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from serve_app.bench.engine_bench import full_size_model, git_commit, machine_info
 from serve_app.constants import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
@@ -51,6 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--windows", type=float, nargs="+", default=list(DEFAULT_WINDOWS_S), help="seconds")
     parser.add_argument("--neighbours", type=int, default=1, help="sessions streaming beside the rebuild")
     parser.add_argument("--repeats", type=int, default=2, help="rebuilds per window (the best is kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a CPU replica's: 1)")
     return parser.parse_args(argv)
 
 
@@ -77,6 +79,11 @@ def measure(
         jobs.append(job)
         done.set()
 
+    baseline = 0.0
+    quiet_until = time.perf_counter() + 0.5
+    while time.perf_counter() < quiet_until:  # the neighbours' lag with nothing being rebuilt
+        baseline = max(baseline, *engine.lateness().values(), 0.0)
+        time.sleep(0.01)
     first_tick = len(ticks)
     started = time.perf_counter()
     slot = runner.open_slot(lambda frame: None, resume=window, on_rebuilt=rebuilt)
@@ -95,15 +102,18 @@ def measure(
         "wall_ms": round(1000 * wall, 1),
         "compute_ms": round(1000 * job.compute_s, 1),
         "chunks": job.chunks,
+        "longest_chunk_ms": round(1000 * job.longest_chunk_s, 1),
         "neighbour_ticks": len(during),
         "neighbour_late_ticks": sum(t.late for t in during),
         "neighbour_worst_lag_ms": round(1000 * worst_lag, 1),
+        "neighbour_lag_before_ms": round(1000 * baseline, 1),
     }
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    torch.set_num_threads(args.threads)
     if args.full_size:
         model = full_size_model(device, dtype, args.seed)
     else:
@@ -135,9 +145,10 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 rows.append(best)
                 print(
                     f"{best['window_s']:6.1f} s of history: slot rebuilt in {best['wall_ms']:7.1f} ms "
-                    f"({best['compute_ms']:.1f} ms compute, {best['chunks']} chunks); neighbours: "
+                    f"({best['compute_ms']:.1f} ms compute, {best['chunks']} chunks, longest "
+                    f"{best['longest_chunk_ms']:.1f} ms); neighbours: "
                     f"{best['neighbour_late_ticks']}/{best['neighbour_ticks']} late ticks, worst lag "
-                    f"{best['neighbour_worst_lag_ms']:.0f} ms",
+                    f"{best['neighbour_worst_lag_ms']:.0f} ms (before {best['neighbour_lag_before_ms']:.0f})",
                     flush=True,
                 )
         finally:

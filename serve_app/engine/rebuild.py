@@ -3,9 +3,9 @@
 A Moshi slot's state is a function of what it stepped (serve_app/engine/history.py). Given the window
 (records + input audio), a rebuild brings a free slot to that state without replaying it in real time:
 
-1. Mimi's encoder: one multi-step encode of the last stepped input frames (its transformer's context,
-   125 frames = 10 s); the codes it yields are dropped, the records hold the exact ones.
-2. Mimi's decoder: one multi-step decode of the audio tokens the slot decoded last (same context).
+1. Mimi's encoder: multi-step encodes of the last stepped input frames (its transformer's context,
+   125 frames = 10 s); the codes they yield are dropped, the records hold the exact ones.
+2. Mimi's decoder: multi-step decodes of the audio tokens the slot decoded last (same context).
 3. The LM: `forward_text` over the delayed input sequence rebuilt from the records, in chunks (its KV
    cache); then LMGen's delayed-token ring and offset are written as its own steps would have left them.
 
@@ -26,6 +26,7 @@ measured agreement). Mimi's convolutions see the first frame of the window as th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -45,6 +46,9 @@ __all__ = ["SlotRebuild", "history_spec", "rebuild_inputs"]
 
 LM_CHUNK_STEPS = 64
 """LM steps per prefill chunk: one chunk must fit beside a live tick in the 80 ms period."""
+MIMI_CHUNK_FRAMES = 16
+"""Frames per Mimi encode/decode chunk. A chunk of T frames is 2T steps of Mimi's transformers; the whole
+window (125 frames) fills their 250-step KV ring exactly once, so chunking it overwrites nothing."""
 
 
 def _attention_context(module: torch.nn.Module | None) -> int:
@@ -189,11 +193,15 @@ class SlotRebuild:
         self._scratch: list[dict[str, Any]] | None = None
         self._stack: ExitStack | None = None
         self._lm_done = 0
-        self._work: list[Callable[[], None]] = [self._encode, self._decode]
+        self._work: list[Callable[[], None]] = [
+            *self._mimi_chunks(self.inputs.encoder_audio.size // FRAME_SAMPLES, self._encode),
+            *self._mimi_chunks(self.inputs.decoder_codes.shape[1], self._decode),
+        ]
         self.started = time.perf_counter()
         self.compute_s = 0.0
         """Time spent in the rebuild's own chunks (excluding the live ticks between them)."""
         self.chunks = 0
+        self.longest_chunk_s = 0.0
         self.done = False
 
     @property
@@ -250,7 +258,9 @@ class SlotRebuild:
         finally:
             if not self.done:
                 self._install(live)  # the live states go back whatever the chunk did
-            self.compute_s += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.compute_s += took
+            self.longest_chunk_s = max(self.longest_chunk_s, took)
         return self.done
 
     def cancel(self) -> None:
@@ -267,15 +277,19 @@ class SlotRebuild:
     def _tensor(self, array: npt.NDArray[Any]) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self._model.device)
 
-    def _encode(self) -> None:
-        audio = self.inputs.encoder_audio
-        if audio.size:
-            self._model.mimi.encode(self._tensor(audio).reshape(1, 1, -1))
+    @staticmethod
+    def _mimi_chunks(frames: int, run: Callable[[int, int], None]) -> list[Callable[[], None]]:
+        return [
+            functools.partial(run, start, min(frames, start + MIMI_CHUNK_FRAMES))
+            for start in range(0, frames, MIMI_CHUNK_FRAMES)
+        ]
 
-    def _decode(self) -> None:
-        codes = self.inputs.decoder_codes
-        if codes.shape[1]:
-            self._model.mimi.decode(self._tensor(codes)[None])
+    def _encode(self, start: int, end: int) -> None:
+        audio = self.inputs.encoder_audio[start * FRAME_SAMPLES : end * FRAME_SAMPLES]
+        self._model.mimi.encode(self._tensor(audio).reshape(1, 1, -1))
+
+    def _decode(self, start: int, end: int) -> None:
+        self._model.mimi.decode(self._tensor(self.inputs.decoder_codes[:, start:end])[None])
 
     def _prefill_lm(self) -> None:
         end = min(self.lm_steps, self._lm_done + LM_CHUNK_STEPS)

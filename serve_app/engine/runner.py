@@ -44,6 +44,9 @@ CATCH_UP_FRACTION = 0.6
 the period, so catching up never starves the schedule it is catching up with."""
 REBUILD_MARGIN_S = 0.005
 """A rebuild chunk starts only if, by the last chunk's duration, it ends this long before the next tick."""
+REBUILD_STARVE_S = 0.5
+"""With no room for this long (the ticks fill the period, or catch-up), a chunk runs anyway: a rebuild
+always progresses, at the cost of one late tick per this interval."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,7 @@ class ClockedRunner:
         self._errors = 0
         self._chunk_s = 0.0
         """How long the last rebuild chunk took (s): the next one waits for that much room."""
+        self._last_chunk_at = float("-inf")
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -265,13 +269,14 @@ class ClockedRunner:
             raise
 
     def _rebuild_until(self, deadline: float) -> None:
-        """Rebuild chunks in the time left before the next tick (at least one per period, so a rebuild
-        always progresses; a chunk is a few ms even for a full-size model on a GPU)."""
-        first = True
+        """Rebuild chunks in the time left before the next tick, so live slots keep real time (a chunk is
+        a few ms even for a full-size model on a GPU); at least one per `REBUILD_STARVE_S`."""
         while self._engine.rebuilding and not self._stopping.is_set():
-            if not first and time.monotonic() + self._chunk_s + REBUILD_MARGIN_S > deadline:
+            now = time.monotonic()
+            starving = now - self._last_chunk_at > REBUILD_STARVE_S
+            if now + self._chunk_s + REBUILD_MARGIN_S > deadline and not starving:
                 return
-            first = False
+            self._last_chunk_at = now
             started = time.perf_counter()
             try:
                 job = self._engine.rebuild_step()
@@ -279,7 +284,10 @@ class ClockedRunner:
                 self._end_slot(exc.slot, exc)
                 continue
             finally:
-                self._chunk_s = time.perf_counter() - started
+                took = time.perf_counter() - started
+                # A smoothed estimate: one slow chunk (the first allocates the scratch state) must not
+                # hold the rest back for a whole starvation interval each.
+                self._chunk_s = took if self._chunk_s == 0.0 else 0.7 * self._chunk_s + 0.3 * took
             if job is not None:
                 with self._lock:
                     registration = self._registrations.get(job.slot)
