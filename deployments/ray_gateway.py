@@ -252,6 +252,9 @@ class RaySlotStream:
             raise SessionLost(lost) from exc
         finally:
             self._moving = False
+        if self._closed:  # the session ended while it moved
+            await lease.release()
+            return
         self._lease = lease
         for pcm in self._backlog:
             lease.channel.send_audio(pcm)

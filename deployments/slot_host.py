@@ -84,7 +84,9 @@ class SlotHost:
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_metrics())
         self._drain = DrainWatch(self.replica_id, has_sessions=lambda: self._port.sessions > 0)
-        self._drain_task = loop.create_task(self._move_on_drain())
+        if self.runner.history_spec is not None:
+            # Only slots that can be rebuilt elsewhere move; the others (streaming ASR) finish on drain.
+            self._drain_task = loop.create_task(self._move_on_drain())
         logger.info("replica ready (%d slots)", self.runner.slots_total, extra=self._log)
 
     def _start_runner(self) -> ClockedRunner:
