@@ -473,7 +473,13 @@ def _samples(text: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(name)]
 
 
-def test_metrics_are_exported(cluster: Cluster) -> None:
+async def test_metrics_are_exported(cluster: Cluster) -> None:
+    # An error of its own, so the errors counter does not depend on what earlier tests happened to send.
+    async with websockets.connect(f"{cluster.ws_base}/realtime?model=moshi-base") as ws:
+        await ws.send("not json")
+        while (event := json.loads(await ws.recv()))["type"] != "error":
+            pass
+        assert event["error"]["code"] == "invalid_json"
     expected = {
         "ray_moshi_realtime_active_sessions": None,
         "ray_moshi_realtime_slots_used": None,
@@ -488,19 +494,20 @@ def test_metrics_are_exported(cluster: Cluster) -> None:
         "ray_moshi_realtime_sessions": None,
         "ray_moshi_realtime_replica_sessions_total": None,
         "ray_moshi_realtime_sessions_rejected_total": 'code="server_at_capacity"',
-        "ray_moshi_realtime_errors_total": 'code="session_lost"',
+        "ray_moshi_realtime_errors_total": 'code="invalid_json"',
     }
     deadline = time.monotonic() + 30
     missing: list[str] = list(expected)
-    while missing and time.monotonic() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=10).text
-        missing = [
-            name
-            for name, must in expected.items()
-            if not any((must or "") in line for line in _samples(text, name))
-        ]
-        if missing:
-            time.sleep(1)
+    async with httpx.AsyncClient(timeout=10) as http:
+        while missing and time.monotonic() < deadline:
+            text = (await http.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics")).text
+            missing = [
+                name
+                for name, must in expected.items()
+                if not any((must or "") in line for line in _samples(text, name))
+            ]
+            if missing:
+                await asyncio.sleep(1)
     assert not missing, f"not exported: {missing}"
     slots_total = [
         ln for ln in _samples(text, "ray_moshi_realtime_slots_total") if 'model="moshi-base"' in ln
