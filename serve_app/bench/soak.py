@@ -180,7 +180,8 @@ class Service:
         import ray
 
         from serve_app.bench.service_bench import free_port
-        from serve_app.run import apply_ray_environment, deploy, load_deploy_config, wait_healthy
+        from serve_app.ray_env import apply_ray_environment
+        from serve_app.run import deploy, load_deploy_config, wait_healthy
 
         apply_ray_environment("haproxy")
         port = free_port()

@@ -108,7 +108,7 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exports() -> None:
 
 
 def test_cluster_starts_ray_with_the_front_that_make_serve_uses() -> None:
-    from serve_app.run import ray_environment
+    from serve_app.ray_env import ray_environment
 
     cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     starts = [

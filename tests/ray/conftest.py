@@ -19,7 +19,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.run import apply_ray_environment, deploy, wait_healthy
+from serve_app.ray_env import apply_ray_environment
+from serve_app.run import deploy, wait_healthy
 from tests.fixtures.net import free_port
 
 APP = "realtime-test"
