@@ -340,9 +340,9 @@ async def sessions_on_each_replica(
     replicas: list[str] = []
     for attempt in range(12):
         leave = contextlib.AsyncExitStack()
-        session = await leave.enter_async_context(
-            live_session(cluster, model, speak_s=90, seed=seed + attempt)
-        )
+        # A probe just closed frees its slot a moment later, and on 2 busy cores a replica may briefly stop
+        # admitting: both answer server_at_capacity, which says to try again.
+        session = await admitted_session(leave, cluster, model, speak_s=90, seed=seed + attempt, within_s=30)
         await wait_frames(cluster, [session], {}, timeout=30)
         replica = next(iter((await ledger(cluster))[session.session_id]))
         if replica not in replicas:
