@@ -8,9 +8,11 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 MOSHI_SPEC ?= moshi==0.2.13
 
-# The browser-demo test drives Debian's Chromium (tests/browser); installed on first `make test`.
+# The browser-demo test drives Debian's Chromium (tests/browser) and the Grafana-panel test queries a real
+# Prometheus (tests/ray); both are Debian packages installed on first `make test`.
 CHROMIUM ?= /usr/bin/chromium
-export CHROMIUM
+PROMETHEUS ?= /usr/bin/prometheus
+export CHROMIUM PROMETHEUS
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export HF_HUB_OFFLINE ?= 1
@@ -39,11 +41,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy serve_app deployments
 
-$(CHROMIUM):
+$(CHROMIUM) $(PROMETHEUS):
 	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus
 
-unit: install $(CHROMIUM)
+unit: install $(CHROMIUM) $(PROMETHEUS)
 	$(PY) -m pytest -q
 
 test: lint typecheck unit

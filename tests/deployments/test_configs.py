@@ -107,6 +107,34 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exports() -> None:
     assert not unknown and not missing, f"undefined: {unknown}, not on the dashboard: {missing}"
 
 
+def test_grafana_dashboard_has_what_an_import_needs() -> None:
+    """The fields Grafana's "Import dashboard" reads: a uid, unique panel ids, non-overlapping 24-column grid
+    positions, a refId per target, and every query on the dashboard's own data-source variable."""
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "moshi-realtime.json").read_text())
+    assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        mine = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not mine & cells, f"{panel['title']} overlaps another panel"
+        cells |= mine
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(set(refs)) == len(refs), panel["title"]
+        for source in [panel["datasource"]] + [t["datasource"] for t in panel["targets"]]:
+            assert source == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+
+
 def test_cluster_starts_ray_with_the_front_that_make_serve_uses() -> None:
     from serve_app.ray_env import ray_environment
 

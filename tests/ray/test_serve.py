@@ -30,6 +30,7 @@ from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
 from serve_app.transport.ingress_channel import ChannelEnded, ReplicaChannel
 from serve_app.transport.reasons import EndReason
 from tests.fixtures.audio import speech_like, to_pcm16
+from tests.fixtures.prometheus import prometheus
 from tests.ray.conftest import APP, SFT_AUTOSCALING, SLOTS, SLOW, Cluster
 
 CHUNK_S = FRAME_SAMPLES / SAMPLE_RATE
@@ -514,6 +515,63 @@ async def test_metrics_are_exported(cluster: Cluster) -> None:
     ]
     assert slots_total and all(float(ln.rsplit(" ", 1)[1]) == SLOTS for ln in slots_total)
     assert re.search(r'ray_moshi_realtime_tick_duration_seconds_count\{[^}]*model="moshi-sft"', text)
+
+
+DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana" / "moshi-realtime.json"
+
+
+def _panel_queries() -> list[tuple[str, str, str]]:
+    """(panel title, PromQL, legend) for every target of the shipped dashboard, `$model` set to "All"."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    (model,) = [v for v in dashboard["templating"]["list"] if v["name"] == "model"]
+    queries = [
+        (panel["title"], target["expr"].replace("$model", model["allValue"]), target["legendFormat"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+    assert queries and not [q for q in queries if "$" in q[1]], (
+        "a panel uses a variable the test does not set"
+    )
+    return queries
+
+
+async def test_grafana_panels_query_real_prometheus(cluster: Cluster) -> None:
+    """Each shipped panel's query, run by a real Prometheus scraping this cluster, returns series that carry
+    the labels its legend names; the model variable's own query lists every model. Runs after the move
+    tests, so the move counters exist too (Ray exports a counter once it has been incremented)."""
+    with prometheus([f"127.0.0.1:{cluster.metrics_port}"]) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+
+            async def query(expr: str) -> list[dict[str, Any]]:
+                body = (await http.get("/api/v1/query", params={"query": expr})).json()
+                assert body["status"] == "success", (expr, body)
+                result: list[dict[str, Any]] = body["data"]["result"]
+                return result
+
+            # rate()/increase() need two scrapes inside their window: poll until every panel has data.
+            pending = _panel_queries()
+            failures: dict[tuple[str, str, str], str] = {}
+            deadline = time.monotonic() + 60
+            while pending and time.monotonic() < deadline:
+                failures = {}
+                for title, expr, legend in pending:
+                    series = await query(expr)
+                    wanted = set(re.findall(r"\{\{(\w+)\}\}", legend))
+                    if not series:
+                        failures[title, expr, legend] = f"{title}: no series for {expr}"
+                    elif bad := [s["metric"] for s in series if not wanted <= s["metric"].keys()]:
+                        failures[title, expr, legend] = f"{title}: {expr} lacks {wanted} in {bad}"
+                pending = list(failures)
+                if pending:
+                    await asyncio.sleep(2)
+            assert not failures, "\n".join(failures.values())
+
+            values = (
+                await http.get(
+                    "/api/v1/label/model/values", params={"match[]": "ray_moshi_realtime_slots_total"}
+                )
+            ).json()["data"]
+            assert {"moshi-sft", "moshi-base", SLOW} <= set(values)
 
 
 async def test_killed_ingress_drops_its_sockets_frees_their_slots_and_comes_back(cluster: Cluster) -> None:
