@@ -66,7 +66,15 @@ def serve_config(http_port: int, moshi_sft: dict[str, Any] | None = None) -> dic
                 "args": {
                     "models": [
                         {"id": "moshi-sft", "spec": {"tiny_seed": 1}, "slots": SLOTS},
-                        {"id": "moshi-base", "spec": {"tiny_seed": 2}, "slots": SLOTS},
+                        # The move tests place 3 sessions on its 2 replicas: on 2 shared cores their ticks
+                        # can pass the tick budget with one session each, so it admits on free slots alone
+                        # (admission by tick budget is tested on moshi-slow and in tests/engine).
+                        {
+                            "id": "moshi-base",
+                            "spec": {"tiny_seed": 2},
+                            "slots": SLOTS,
+                            "realtime": {"admit_fraction": None},
+                        },
                         # Its 16-slot tick (≈ 45 ms on 2 cores) is slow for its budget (0.4 × 80 ms):
                         # one session is served in real time, a second one is refused.
                         {

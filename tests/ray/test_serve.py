@@ -442,9 +442,8 @@ async def test_a_killed_replicas_sessions_continue_on_the_survivor_while_it_has_
         assert move["to"] == replica_of[kept[0].session_id]
         assert move["gap_s"] < 3.0
 
-        # And a new session is admitted once there is room (Serve's replacement replica). While the
-        # replacement loads, the survivor's ticks can run past the period on 2 cores, and it then says
-        # so (server_at_capacity) rather than taking a session it cannot serve: try again, as told.
+        # And a new session is admitted once there is room (Serve's replacement replica); until then the
+        # survivor's slots are full and it says so (server_at_capacity): try again, as told.
         fresh = await admitted_session(stack, cluster, "moshi-base", speak_s=30, seed=30, within_s=90)
         await wait_frames(cluster, [fresh], {}, timeout=30)
         assert not fresh.errors()
