@@ -29,6 +29,9 @@ def test_cli_streams_a_wav_and_saves_moshis_audio(
             str(source),
             "--output",
             str(answer),
+            # Room for the last answer to finish after the input (2 s, the default, is tight on a busy CPU).
+            "--tail-s",
+            "4",
         ]
     )
     out = capsys.readouterr().out
@@ -37,10 +40,10 @@ def test_cli_streams_a_wav_and_saves_moshis_audio(
     with wave.open(str(answer), "rb") as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (SAMPLE_RATE, 1, 2)
         pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    assert pcm.size == 8 * SAMPLE_RATE + 2 * SAMPLE_RATE  # the input's timeline plus the 2 s tail, exactly
+    assert pcm.size == 8 * SAMPLE_RATE + 4 * SAMPLE_RATE  # the input's timeline plus the 4 s tail, exactly
     assert np.abs(pcm).max() > 0
     summary = out.rstrip().splitlines()[-1]
-    assert summary.startswith(("1 response", "2 response", "3 response")) and "wrote 10.00 s" in summary
+    assert summary.startswith(("1 response", "2 response", "3 response")) and "wrote 12.00 s" in summary
 
 
 def test_cli_says_in_words_when_no_server_listens(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
