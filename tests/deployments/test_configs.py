@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from ray.serve.schema import ServeDeploySchema
 from deployments.metrics import PREFIX
 from serve_app.config import EMBEDDED_MODELS, load_config
 from serve_app.run import app_configs, exposure_warning, load_deploy_config
+from tests.fixtures.grafana import load_dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ def test_cluster_validation_rejects_fractional_gpus() -> None:
 
 
 def test_grafana_dashboard_queries_only_metrics_the_service_exports() -> None:
-    dashboard = json.loads((ROOT / "docs" / "grafana" / "moshi-realtime.json").read_text())
+    dashboard = load_dashboard()
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     series = {m for e in exprs for m in re.findall(r"ray_moshi_\w+", e)}
     source = (ROOT / "deployments" / "metrics.py").read_text()
@@ -110,7 +110,7 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exports() -> None:
 def test_grafana_dashboard_has_what_an_import_needs() -> None:
     """The fields Grafana's "Import dashboard" reads: a uid, unique panel ids, non-overlapping 24-column grid
     positions, a refId per target, and every query on the dashboard's own data-source variable."""
-    dashboard = json.loads((ROOT / "docs" / "grafana" / "moshi-realtime.json").read_text())
+    dashboard = load_dashboard()
     assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert (

@@ -30,6 +30,7 @@ from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
 from serve_app.transport.ingress_channel import ChannelEnded, ReplicaChannel
 from serve_app.transport.reasons import EndReason
 from tests.fixtures.audio import speech_like, to_pcm16
+from tests.fixtures.grafana import panel_queries
 from tests.fixtures.prometheus import prometheus
 from tests.ray.conftest import APP, SFT_AUTOSCALING, SLOTS, SLOW, Cluster
 
@@ -516,24 +517,6 @@ async def test_metrics_are_exported(cluster: Cluster) -> None:
     assert re.search(r'ray_moshi_realtime_tick_duration_seconds_count\{[^}]*model="moshi-sft"', text)
 
 
-DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana" / "moshi-realtime.json"
-
-
-def _panel_queries() -> list[tuple[str, str, str]]:
-    """(panel title, PromQL, legend) for every target of the shipped dashboard, `$model` set to "All"."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    (model,) = [v for v in dashboard["templating"]["list"] if v["name"] == "model"]
-    queries = [
-        (panel["title"], target["expr"].replace("$model", model["allValue"]), target["legendFormat"])
-        for panel in dashboard["panels"]
-        for target in panel["targets"]
-    ]
-    assert queries and not [q for q in queries if "$" in q[1]], (
-        "a panel uses a variable the test does not set"
-    )
-    return queries
-
-
 async def test_grafana_panels_query_real_prometheus(cluster: Cluster) -> None:
     """Each shipped panel's query, run by a real Prometheus scraping this cluster, returns series that carry
     the labels its legend names; the model variable's own query lists every model. Runs after the move
@@ -548,7 +531,8 @@ async def test_grafana_panels_query_real_prometheus(cluster: Cluster) -> None:
                 return result
 
             # rate()/increase() need two scrapes inside their window: poll until every panel has data.
-            pending = _panel_queries()
+            pending = panel_queries()
+            assert pending and not [q for q in pending if "$" in q[1]], "a query uses a variable left unset"
             failures: dict[tuple[str, str, str], str] = {}
             deadline = time.monotonic() + 60
             while pending and time.monotonic() < deadline:
