@@ -1,11 +1,13 @@
 """Ingress deployment: the realtime Starlette app, one WebSocket session per socket, Ray-backed gateway.
 
-The socket shell (serve_app.server.app) and the session core know nothing of Ray; this class only wires
-the RayGateway (lease calls + frame channels) and the metrics observer into them.
+The socket shell (serve_app/server: app.py's routes, connection.py's one socket) and the session core know
+nothing of Ray; this class only wires the RayGateway (lease calls + frame channels) and the metrics observer
+into them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,16 +23,18 @@ from starlette.applications import Starlette
 from deployments.asr import ASR_DEPLOYMENT, RayTranscription
 from deployments.metrics import IngressMetrics
 from deployments.ray_gateway import DEFAULT_ADMISSION_TIMEOUT_S, RayGateway
-from serve_app.banner import ready_lines
-from serve_app.config import AppConfig
+from serve_app.banner import http_base, ready_lines
+from serve_app.config import AppConfig, model_traits
 from serve_app.heap import freeze_heap
 from serve_app.server.app import build_realtime_app
 from serve_app.server.keepalive import websocket_keepalive_defaults
 
 logger = logging.getLogger("ray.serve")
 
-BANNER_POLL_S = 1.0
-BANNER_GIVE_UP_S = 3600.0
+STATUS_POLL_S = 1.0
+"""How often the ingress asks Serve which deployments run (for /healthz and the ready banner) until all do;
+then every READY_POLL_S (a replica lost later shows in /healthz within that)."""
+READY_POLL_S = 5.0
 
 
 class RealtimeIngress:
@@ -45,10 +49,17 @@ class RealtimeIngress:
         server = self._config.server
         websocket_keepalive_defaults(server.ping_interval_s, server.ping_timeout_s)
         self._app_name = serve.get_replica_context().app_name
+        self._running: dict[str, bool] = {}
+        """The latest answer of `_running_models`, kept by the watcher thread: /healthz reads it at once
+        (asking Serve's controller in the request took ~13 s while it was busy starting replicas)."""
         node_id = ray.get_runtime_context().get_node_id()
         self._metrics = IngressMetrics(models)
         self._gateway = RayGateway(
-            models, node_id, deployment_status=self._running_models, moves=self._metrics
+            models,
+            node_id,
+            deployment_status=self.running,
+            moves=self._metrics,
+            traits={m.id: model_traits(m) for m in self._config.models},
         )
         self._transcription = RayTranscription(asr) if asr is not None else None
         streaming = self._config.asr.streaming_backend
@@ -58,27 +69,49 @@ class RealtimeIngress:
             self._streaming_asr = RayGateway(
                 {streaming.id: asr},
                 node_id,
-                deployment_status=lambda: {streaming.id: self._running_models().get(ASR_DEPLOYMENT, False)},
+                deployment_status=lambda: {streaming.id: self.running().get(ASR_DEPLOYMENT, False)},
             )
         freeze_heap()  # Ray, Starlette and the SDK's event types: out of the collector's full passes
-        threading.Thread(target=self._announce_when_ready, name="ready-banner", daemon=True).start()
+        threading.Thread(target=self._watch_deployments, name="deployment-status", daemon=True).start()
 
-    def _announce_when_ready(self) -> None:
-        """Log the banner `make serve` prints once every deployment runs, so `serve run` and `serve deploy`
-        (whose consoles and logs show the replicas' logs) tell the operator the same."""
-        deadline = time.monotonic() + BANNER_GIVE_UP_S
-        while time.monotonic() < deadline:
-            try:
-                running = self._running_models()
-            except Exception:  # the controller is busy or restarting: ask again
-                running = {}
-            if running and all(running.values()):
+    def running(self) -> dict[str, bool]:
+        """Deployment name → has a running replica, as last seen (never waits)."""
+        return self._running
+
+    def _watch_deployments(self) -> None:
+        """Keep `running` current, and log the banner `make serve` prints once every deployment runs, so
+        `serve run` and `serve deploy` (whose consoles and logs show the replicas' logs) tell the operator
+        the same."""
+        announced = False
+        while True:
+            # The controller busy or restarting: keep the last answer, ask again.
+            with contextlib.suppress(Exception):
+                self._running = self._running_models()
+            ready = bool(self._running) and all(self._running.values())
+            if ready and not announced:
+                announced = True
+                base = self._base_url()
                 logger.info(
-                    "Moshi realtime is up (paths on the HTTP port):\n%s",
-                    "\n".join(ready_lines([self._config])),
+                    "Moshi realtime is up%s:\n%s",
+                    "" if base else " (paths on the HTTP port)",
+                    "\n".join(ready_lines([self._config], base)),
                 )
-                return
-            time.sleep(BANNER_POLL_S)
+            time.sleep(READY_POLL_S if ready else STATUS_POLL_S)
+
+    def _base_url(self) -> str:
+        """This application's "http://host:port/prefix", as Serve's controller has it ("" if it cannot say:
+        the banner then gives paths)."""
+        from ray.serve.context import _get_global_client
+
+        try:
+            client = _get_global_client()
+            assert client is not None
+            details = client.get_serve_details()
+            http = details.get("http_options") or {}
+            prefix = details["applications"][self._app_name].get("route_prefix") or "/"
+            return http_base(http.get("host"), int(http["port"]), prefix)
+        except Exception:
+            return ""
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """`serve deploy` can change these in place (no restart, live sessions untouched)."""

@@ -13,7 +13,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from serve_app.engine.capacity import CapacityReport
-    from serve_app.engine.runner import TickStats
+    from serve_app.engine.tick_stats import TickStats
 
 PREFIX = "moshi_realtime_"
 MODEL_TAG = "model"
@@ -113,7 +113,7 @@ class ModelMetrics:
     def record_ticks(self, ticks: Iterable[TickStats]) -> None:
         late = missed = 0
         for tick in ticks:
-            if tick.stepped_slots:  # a tick with nothing to step costs nothing: keep it out of the histogram
+            if tick.counts:
                 self.tick_duration.observe(tick.duration_s)
                 late += int(tick.late)
             missed += tick.active_slots - tick.stepped_slots

@@ -1,42 +1,37 @@
 """ModelGateway over Ray: a session is one lease call to a model replica; its audio rides the frame channel.
 
 Routing happens once, when the lease call is made; the admission names the replica's channel, and all
-of this ingress's sessions on that replica share one connection to it. When the replica dies (both the
-connection and the lease call fail) or drains (it says `moved`), each of its sessions is re-admitted with
-the history it kept, and another replica rebuilds its slot; a session is never re-opened elsewhere without
-its state. Only with no room anywhere is it reported lost.
+of this ingress's sessions on that replica share one connection to it. This module only adapts Serve to
+the transport: `RayGateway.place` is the `Placer` (lease calls through Serve handles, retried as Serve's
+routing needs) and `RayPlacement` the `Placement` (it follows the lease call for `moved` or a failure).
+What a session does when its replica drains or dies is the move logic's (serve_app/transport/
+session_move.py): it is re-admitted elsewhere with the history it kept, or reported lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import asdict
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-import numpy as np
-import numpy.typing as npt
+from ray.serve import context as serve_context
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.wire import Admission, LeaseEnd
-from serve_app.constants import SAMPLE_RATE
-from serve_app.engine.history import HistoryLost, ResumeWindow, SessionHistory
-from serve_app.engine.port import EngineFrame
-from serve_app.server.gateway import (
-    GatewayError,
-    ModelNotFound,
-    NoCapacity,
-    SessionFellBehind,
-    SessionLost,
-)
+from serve_app.config import NO_PROMPT, ModelTraits
+from serve_app.engine.history import HistorySpec, ResumeWindow
+from serve_app.server.gateway import GatewayError, ModelNotFound, NoCapacity, SessionLost
+from serve_app.server.replica_reports import ReplicaReports, ReportEvent
 from serve_app.transport.ingress_channel import ChannelEnded, ChannelSession
+from serve_app.transport.ledger import SessionLedger
 from serve_app.transport.pool import ChannelPool
 from serve_app.transport.reasons import EndReason
+from serve_app.transport.session_move import DEFAULT_RESUME_TIMEOUT_S, MoveObserver, MovingSlotStream
 
 logger = logging.getLogger("ray.serve")
 
@@ -50,96 +45,88 @@ ADMISSION_ATTEMPTS = 3
 """A replica whose ticks leave no room refuses; another replica of the deployment may have it."""
 LEASE_END_TIMEOUT_S = 5.0
 """After a release, how long the lease call may take to finish before it is cancelled."""
-DEFAULT_RESUME_TIMEOUT_S = 2.0
-"""How long a session whose replica drained or died may look for another with room before it is lost."""
 RESUME_RETRY_S = 0.1
-
-LEDGER_SESSIONS = 4096
-
-
-class SessionLedger:
-    """Which replicas served each recent session, frame by frame (bounded; for operators and tests)."""
-
-    def __init__(self, capacity: int = LEDGER_SESSIONS) -> None:
-        self._capacity = capacity
-        self._served: collections.OrderedDict[str, dict[str, int]] = collections.OrderedDict()
-        self._moves: collections.OrderedDict[str, list[dict[str, Any]]] = collections.OrderedDict()
-
-    def record(self, session_id: str, replica_id: str) -> None:
-        counts = self._served.get(session_id)
-        if counts is None:
-            counts = self._served[session_id] = {}
-            while len(self._served) > self._capacity:
-                self._served.popitem(last=False)
-        counts[replica_id] = counts.get(replica_id, 0) + 1
-
-    def snapshot(self) -> dict[str, dict[str, int]]:
-        return {sid: dict(counts) for sid, counts in self._served.items()}
-
-    def record_move(self, session_id: str, move: dict[str, Any]) -> None:
-        self._moves.setdefault(session_id, []).append(move)
-        while len(self._moves) > self._capacity:
-            self._moves.popitem(last=False)
-
-    def moves(self) -> dict[str, list[dict[str, Any]]]:
-        """session id → its moves: why, from and to which replica, the output gap (s)."""
-        return {sid: list(moves) for sid, moves in self._moves.items()}
+"""A resumed session's next lease call after one that reached a dead replica or a refusal."""
 
 
-def _gateway_error(ended: ChannelEnded) -> GatewayError:
-    if ended.reason is EndReason.FELL_BEHIND:
-        return SessionFellBehind(ended.detail)
-    return SessionLost(ended.detail or ended.reason.value)
+@contextlib.contextmanager
+def _detached_from_the_socket_request() -> Iterator[None]:
+    """Make the lease call outlive Serve's cancellation of the WebSocket request it was made in.
+
+    Serve cancels an ingress request's child calls the moment the socket's request ends, before the
+    session's own clean-up runs: the replica's generator would then free the slot without its `LeaseEnd`
+    (the capacity report `/v1/status` keeps). The session releases its lease itself in every case (and a
+    lost ingress connection releases it on the replica), so the call is made outside that tracking.
+    """
+    current = serve_context._get_serve_request_context()
+    token = serve_context._serve_request_context.set(
+        dataclasses.replace(current, cancel_on_parent_request_cancel=False)  # type: ignore[arg-type]
+    )
+    try:
+        yield
+    finally:
+        serve_context._serve_request_context.reset(token)
 
 
-class MoveObserver(Protocol):
-    """Told of every session that moved to another replica, or could not (the ingress's metrics)."""
+class RayPlacement:
+    """One admission of a session on one replica over Ray (a `Placement`): the lease call to the replica
+    and the session's share of its channel."""
 
-    def session_moved(self, model_id: str, reason: str, gap_s: float) -> None: ...
-
-    def session_move_failed(self, model_id: str, reason: str) -> None: ...
-
-
-class _NoMoves:
-    def session_moved(self, model_id: str, reason: str, gap_s: float) -> None:
-        pass
-
-    def session_move_failed(self, model_id: str, reason: str) -> None:
-        pass
-
-
-class _Lease:
-    """One admission of a session on one replica: the lease call and the session's share of the channel."""
-
-    def __init__(self, admission: Admission, call: DeploymentResponseGenerator[Any], channel: ChannelSession):
+    def __init__(
+        self,
+        admission: Admission,
+        call: DeploymentResponseGenerator[Any],
+        channel: ChannelSession,
+        on_end: Callable[[LeaseEnd], None] | None = None,
+    ) -> None:
         self.admission = admission
         self.call = call
-        self.channel = channel
+        self._channel = channel
+        self._on_end = on_end
         self.released = False
         self.task = asyncio.get_running_loop().create_task(self._hold())
+
+    @property
+    def replica_id(self) -> str:
+        return self.admission.replica_id
+
+    @property
+    def text_delay_s(self) -> float:
+        return self.admission.text_delay_s
+
+    @property
+    def history(self) -> HistorySpec | None:
+        return self.admission.history
+
+    @property
+    def channel(self) -> ChannelSession:
+        return self._channel
 
     async def _hold(self) -> None:
         """The lease call ends after a release; `moved` or a failure first means the slot is gone."""
         try:
             async for item in self.call:
-                if isinstance(item, LeaseEnd) and item.reason == EndReason.MOVED.value:
-                    self.channel.end(EndReason.MOVED, "the model replica is draining")
+                if not isinstance(item, LeaseEnd):
+                    continue
+                if self._on_end is not None:
+                    self._on_end(item)
+                if item.reason == EndReason.MOVED.value:
+                    self._channel.end(EndReason.MOVED, "the model replica is draining")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if not self.released:
-                self.channel.end(EndReason.LOST, f"the model replica failed ({type(exc).__name__})")
+                self._channel.end(EndReason.LOST, f"the model replica failed ({type(exc).__name__})")
 
     def abandon(self) -> None:
-        """The slot is gone on the replica's side: stop following this lease."""
         self.released = True
-        self.channel.close()
+        self._channel.close()
         self.call.cancel()  # type: ignore[no-untyped-call]
         self.task.cancel()
 
     async def release(self) -> None:
         self.released = True
-        self.channel.close()  # the replica frees the slot and ends the lease call
+        self._channel.close()  # the replica frees the slot and ends the lease call
         try:
             await asyncio.wait_for(asyncio.shield(self.task), LEASE_END_TIMEOUT_S)
         except BaseException as exc:
@@ -148,142 +135,6 @@ class _Lease:
             self.task.cancel()
             if not isinstance(exc, TimeoutError):
                 raise
-
-
-class RaySlotStream:
-    """One session's slot, on whichever replica holds it now.
-
-    The session keeps its history (serve_app/engine/history.py) as frames arrive. When its replica drains
-    (`moved`) or dies (`lost`), the stream re-admits the session with that history: another replica
-    rebuilds the slot, input sent meanwhile is kept and forwarded, and `frames()` goes on after a gap.
-    Only when no replica has room (or the history cannot describe the session) does it raise SessionLost.
-    """
-
-    def __init__(
-        self, gateway: RayGateway, session_id: str, model_id: str, lease: _Lease, moves: MoveObserver
-    ) -> None:
-        self._gateway = gateway
-        self._session_id = session_id
-        self._model_id = model_id
-        self._lease = lease
-        self._moves = moves
-        self.text_delay_s = lease.admission.text_delay_s
-        spec = lease.admission.history
-        self._history = SessionHistory(spec) if spec is not None else None
-        self._moving = False
-        self._backlog: list[npt.NDArray[np.float32]] = []
-        """Input sent while the session moves: forwarded to the new replica once it is attached."""
-        self._moved: tuple[str, float, str] | None = None
-        """(why, when the last frame before the move arrived, the old replica) until the first frame
-        after it."""
-        self._last_frame_at = time.monotonic()
-        self._closed = False
-
-    @property
-    def admission(self) -> Admission:
-        return self._lease.admission
-
-    @property
-    def _log(self) -> dict[str, str]:
-        return {"session_id": self._session_id, "model": self._model_id, "replica": self.admission.replica_id}
-
-    async def send_audio(self, pcm: npt.NDArray[np.float32]) -> None:
-        if self._closed:
-            raise SessionLost("the session is closed")
-        if self._history is not None:
-            self._history.add_input(pcm, time.monotonic())
-        if self._moving:
-            self._backlog.append(pcm)
-            return
-        try:
-            self._lease.channel.send_audio(pcm)
-        except ChannelEnded as exc:
-            if not self._can_move(exc):
-                raise _gateway_error(exc) from exc
-            # frames() moves the session; the history holds this audio as not stepped yet
-
-    def _can_move(self, ended: ChannelEnded) -> bool:
-        return (
-            ended.reason in (EndReason.LOST, EndReason.MOVED)
-            and self._history is not None
-            and not self._closed
-        )
-
-    async def frames(self) -> AsyncIterator[EngineFrame]:
-        while True:
-            replica_id = self.admission.replica_id
-            try:
-                async for frame in self._lease.channel.frames():
-                    now = time.monotonic()
-                    if self._history is not None:
-                        self._history.add_records(frame.history)
-                    if self._moved is not None:
-                        self._moved_done(now)
-                    self._last_frame_at = now
-                    self._gateway.ledger.record(self._session_id, replica_id)
-                    yield frame
-                return
-            except ChannelEnded as exc:
-                if not self._can_move(exc):
-                    if exc.reason is not EndReason.FELL_BEHIND:
-                        logger.warning("session lost: %s", exc, extra=self._log)
-                    raise _gateway_error(exc) from exc
-                await self._move(exc)
-
-    async def _move(self, ended: ChannelEnded) -> None:
-        """Continue the session on another replica of the model, rebuilt from its history."""
-        assert self._history is not None
-        why = "drain" if ended.reason is EndReason.MOVED else "lost"
-        ended_on = self.admission.replica_id
-        logger.info("session moving off replica %s (%s): %s", self.admission.replica_id, why, ended,
-                    extra=self._log)  # fmt: skip
-        self._moving = True
-        self._lease.abandon()
-        try:
-            window = self._history.window(time.monotonic())
-            lease = await self._gateway.lease(
-                self._model_id, self._session_id, resume=window, timeout_s=self._gateway.resume_timeout_s
-            )
-        except (HistoryLost, GatewayError) as exc:
-            code = exc.code if isinstance(exc, GatewayError) else "history_lost"
-            self._moves.session_move_failed(self._model_id, code)
-            logger.warning("session could not move (%s): %s", code, exc, extra=self._log)
-            lost = f"the model replica went away and the session could not continue: {exc}"
-            raise SessionLost(lost) from exc
-        finally:
-            self._moving = False
-        if self._closed:  # the session ended while it moved
-            await lease.release()
-            return
-        self._lease = lease
-        for pcm in self._backlog:
-            lease.channel.send_audio(pcm)
-        self._backlog.clear()
-        self._moved = (why, self._last_frame_at, ended_on)
-        logger.info(
-            "session resumed on replica %s from %.1f s of history (%d steps, %.2f s pending)",
-            lease.admission.replica_id,
-            window.seconds,
-            window.steps,
-            window.pending.size / SAMPLE_RATE,
-            extra=self._log,
-        )
-
-    def _moved_done(self, now: float) -> None:
-        assert self._moved is not None
-        why, since, old = self._moved
-        self._moved = None
-        gap = now - since
-        self._moves.session_moved(self._model_id, why, gap)
-        move = {"reason": why, "from": old, "to": self.admission.replica_id, "gap_s": gap}
-        self._gateway.ledger.record_move(self._session_id, move)
-        logger.info("session moved (%s): output gap %.0f ms", why, 1000 * gap, extra=self._log)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._lease.release()
 
 
 class RayGateway:
@@ -296,20 +147,30 @@ class RayGateway:
         deployment_status: Callable[[], Mapping[str, bool]],
         admission_timeout_s: float = DEFAULT_ADMISSION_TIMEOUT_S,
         moves: MoveObserver | None = None,
+        traits: Mapping[str, ModelTraits] | None = None,
     ) -> None:
+        """`traits`: per model, as configured (serve_app/config.py `model_traits`); a model without them
+        takes no persona (a streaming ASR's slots)."""
         self._models = dict(models)
+        self._traits = {mid: (traits or {}).get(mid, NO_PROMPT) for mid in self._models}
         self._streams = {mid: h.options(stream=True) for mid, h in self._models.items()}
         self._channels = ChannelPool(node_id)
         self._deployment_status = deployment_status
         self.admission_timeout_s = admission_timeout_s
         self.resume_timeout_s = DEFAULT_RESUME_TIMEOUT_S
-        self._moves: MoveObserver = moves or _NoMoves()
+        self._moves = moves
         self.ledger = SessionLedger()
-        self._capacity: dict[str, dict[str, Any]] = {}
-        """model id → replica id → its latest capacity report (from admissions)."""
+        self.reports = ReplicaReports()
+        """model id → replica id → its latest capacity report (admissions, refusals, lease ends)."""
 
     def model_ids(self) -> list[str]:
         return list(self._models)
+
+    def traits(self, model_id: str) -> ModelTraits:
+        traits = self._traits.get(model_id)
+        if traits is None:
+            raise ModelNotFound(model_id)
+        return traits
 
     async def is_ready(self) -> bool:
         """True while every model deployment has a running replica.
@@ -320,28 +181,33 @@ class RayGateway:
         return all(running.get(mid, False) for mid in self._models)
 
     def status(self) -> dict[str, Any]:
-        """What this ingress knows of each model's replicas: capacity as last reported, sessions here."""
+        """What this ingress knows of each model's replicas: capacity as last reported (with its age),
+        sessions here."""
         here: dict[str, int] = {c.replica_id: c.sessions for c in self._channels.channels()}
-        return {
-            mid: {
-                rid: {**report, "sessions_from_this_ingress": here.get(rid, 0)}
-                for rid, report in self._capacity.get(mid, {}).items()
-            }
-            for mid in self._models
-        }
+        return self.reports.snapshot(self._models, here)
 
-    async def open_session(self, model_id: str, session_id: str) -> RaySlotStream:
-        lease = await self.lease(model_id, session_id)
-        return RaySlotStream(self, session_id, model_id, lease, self._moves)
+    async def open_session(self, model_id: str, session_id: str) -> MovingSlotStream:
+        placement = await self.place(model_id, session_id)
+        return MovingSlotStream(
+            self,
+            session_id,
+            model_id,
+            placement,
+            moves=self._moves,
+            ledger=self.ledger,
+            resume_timeout_s=self.resume_timeout_s,
+            logger=logger,
+            traits=self._traits[model_id],
+        )
 
-    async def lease(
+    async def place(
         self,
         model_id: str,
         session_id: str,
         *,
         resume: ResumeWindow | None = None,
         timeout_s: float | None = None,
-    ) -> _Lease:
+    ) -> RayPlacement:
         """Admit a session on a replica with room and attach to its channel. With `resume`, the session
         continues from a replica that drained or died: calls that reach a dead replica are retried (Serve
         may route to it until it notices) and any refusal is retried until the timeout."""
@@ -354,11 +220,12 @@ class RayGateway:
         attempts = 0
         while True:
             attempts += 1
-            call = (
-                handle.session_stream.remote(session_id)
-                if resume is None
-                else handle.session_stream.remote(session_id, resume)
-            )
+            with _detached_from_the_socket_request():
+                call = (
+                    handle.session_stream.remote(session_id)
+                    if resume is None
+                    else handle.session_stream.remote(session_id, resume)
+                )
             assert isinstance(call, DeploymentResponseGenerator)
             try:
                 admission = await self._admission(call, model_id, deadline, log)
@@ -371,9 +238,10 @@ class RayGateway:
                 continue
             if admission.admitted:
                 break
-            logger.info("replica %s refused: %s", admission.replica_id, admission.refusal, extra=log)
+            # Each attempt at DEBUG: the socket logs the refusal once, with this reason (app.py).
+            logger.debug("replica %s refused: %s", admission.replica_id, admission.refusal, extra=log)
             if time.monotonic() >= deadline or (resume is None and attempts >= ADMISSION_ATTEMPTS):
-                raise NoCapacity(model_id)
+                raise NoCapacity(f"{model_id}: {attempts} replica call(s) refused, last: {admission.refusal}")
             if resume is not None:
                 await asyncio.sleep(RESUME_RETRY_S)
         assert admission.channel is not None
@@ -391,7 +259,15 @@ class RayGateway:
             1000 * (time.monotonic() - started),
             extra=log,
         )
-        return _Lease(admission, call, session)
+        on_end = self._lease_ended(model_id, admission.replica_id)
+        return RayPlacement(admission, call, session, on_end)
+
+    def _lease_ended(self, model_id: str, replica_id: str) -> Callable[[LeaseEnd], None]:
+        def on_end(end: LeaseEnd) -> None:
+            if end.capacity is not None:
+                self.reports.record(model_id, replica_id, end.capacity, "session_end")
+
+        return on_end
 
     async def _admission(
         self, call: DeploymentResponseGenerator[Any], model_id: str, deadline: float, log: dict[str, str]
@@ -401,8 +277,7 @@ class RayGateway:
         except BaseException as exc:
             call.cancel()  # type: ignore[no-untyped-call]
             if isinstance(exc, TimeoutError | BackPressureError):
-                logger.info("no replica with a free slot", extra=log)
-                raise NoCapacity(model_id) from exc
+                raise NoCapacity(f"{model_id}: no replica with a free slot in time") from exc
             if isinstance(exc, Exception):
                 raise GatewayError(f"could not reach model {model_id}: {type(exc).__name__}") from exc
             raise
@@ -410,7 +285,8 @@ class RayGateway:
             call.cancel()  # type: ignore[no-untyped-call]
             raise GatewayError(f"model {model_id} answered {type(first).__name__}, not an admission")
         if first.capacity is not None:
-            self._capacity.setdefault(model_id, {})[first.replica_id] = asdict(first.capacity)
+            event: ReportEvent = "admission" if first.admitted else "refusal"
+            self.reports.record(model_id, first.replica_id, first.capacity, event)
         if not first.admitted:
             with contextlib.suppress(Exception):
                 await call.__anext__()  # let the refused call finish on its own (nothing more comes)

@@ -32,7 +32,8 @@ from serve_app.engine.spec import ModelConfig, ModelSpec
 
 if TYPE_CHECKING:
     from serve_app.engine.rebuild import SlotRebuild
-    from serve_app.engine.runner import ClockedRunner, TickStats
+    from serve_app.engine.runner import ClockedRunner
+    from serve_app.engine.tick_stats import TickStats
     from serve_app.transport.address import ChannelAddress
     from serve_app.transport.replica_port import ReplicaPort
 
@@ -42,6 +43,7 @@ TICK_WINDOW = 20_000
 """Tick durations kept for `tick_durations` (≈ 27 min of ticks at 12.5 per second)."""
 METRICS_FLUSH_S = 1.0
 """How often tick statistics gathered on the runner thread are exported from the replica's loop."""
+REFUSED_KEPT = 1024
 CHANNEL_HOST_ENV = "MOSHI_REALTIME_CHANNEL_HOST"
 CHANNEL_PORT_ENV = "MOSHI_REALTIME_CHANNEL_PORT"
 
@@ -67,6 +69,8 @@ class SlotHost:
         self._ticks: collections.deque[TickStats] = collections.deque(maxlen=10_000)
         self._recent_ticks: collections.deque[float] = collections.deque(maxlen=TICK_WINDOW)
         self._metrics = ModelMetrics(config.id)
+        self._refused: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """Sessions refused lately (bounded), so a refusal logs once however often the ingress asks."""
 
     async def start(self) -> None:
         from serve_app.transport.replica_port import ReplicaPort
@@ -121,14 +125,21 @@ class SlotHost:
             lease = await self._gate.admit(
                 lambda: self._port.lease(
                     session_id,
-                    check_budget=resume is None,  # a session already running elsewhere must not be lost
+                    # A resumed session too: taken where it cannot keep (and regain) real time, it would
+                    # only be shed later; refused, it can try another replica.
+                    check_budget=True,
                     resume=resume,
                     on_rebuilt=self._rebuilt_callback(log),
                 )
             )
         except NoFreeSlot as exc:
             self._metrics.admissions_refused.inc()
-            logger.info("session refused: %s", exc, extra=log)
+            # The ingress asks up to ADMISSION_ATTEMPTS times (deployments/ray_gateway.py): log the first.
+            level = logging.DEBUG if session_id in self._refused else logging.INFO
+            self._refused[session_id] = None
+            while len(self._refused) > REFUSED_KEPT:
+                self._refused.popitem(last=False)
+            logger.log(level, "session refused: %s", exc, extra=log)
             yield Admission(
                 self.replica_id,
                 self._actor_name,
@@ -153,7 +164,10 @@ class SlotHost:
                 history=self.runner.history_spec,
             )
             reason = await asyncio.shield(lease.ended)
-            yield LeaseEnd(reason.value)
+            # `ended` is set once the port has freed the slot: this report shows the replica without the
+            # session, which is what the ingress's /v1/status keeps until the next admission.
+            self._record_slots()
+            yield LeaseEnd(reason.value, self.runner.capacity())
         finally:
             self._port.release(lease.id)
             self._record_slots()
@@ -183,10 +197,17 @@ class SlotHost:
         if moved:
             self._metrics.sessions_moved.inc(moved)
         self._record_slots()
-        logger.info("replica draining: %d sessions told to move", moved, extra=self._log)
+        # Sessions with a persona prompt cannot be rebuilt elsewhere: they stay until they end (or the grace).
+        kept = self._port.sessions
+        logger.info(
+            "replica draining: %d sessions told to move, %d with a persona stay to their end",
+            moved,
+            kept,
+            extra=self._log,
+        )
 
     def tick_durations(self) -> list[float]:
-        """Durations (s) of the ticks that stepped a slot since the last call."""
+        """Durations (s) of the ticks that count (`TickStats.counts`) since the last call."""
         durations = list(self._recent_ticks)
         self._recent_ticks.clear()
         return durations
@@ -199,7 +220,7 @@ class SlotHost:
             await asyncio.sleep(METRICS_FLUSH_S)
             ticks = [self._ticks.popleft() for _ in range(len(self._ticks))]
             self._metrics.record_ticks(ticks)
-            self._recent_ticks.extend(t.duration_s for t in ticks if t.stepped_slots)
+            self._recent_ticks.extend(t.duration_s for t in ticks if t.counts)
             self._metrics.record_capacity(self.runner.capacity())
             self._record_slots()
 

@@ -41,3 +41,5 @@ class Admission:
 class LeaseEnd:
     reason: str
     """An EndReason value: `moved` asks the ingress to continue the session on another replica."""
+    capacity: CapacityReport | None = None
+    """The replica's capacity once this session's slot is free (what `/v1/status` shows after it)."""

@@ -1,7 +1,7 @@
 """What a newly started service tells its operator: where to connect, and whether the models are real.
 
 `python -m serve_app.run` prints it with full URLs once /healthz answers; the ingress logs it once every
-deployment is running (so `serve run` / `serve deploy` show it too, with the app's paths).
+deployment is running (so `serve run` / `serve deploy` show it too, with the URLs Serve's controller gives).
 """
 
 from __future__ import annotations
@@ -14,6 +14,16 @@ RANDOM_WEIGHTS_NOTE = (
     "NOTE: {models} are embedded tiny checkpoints with RANDOM weights: they answer with noise. Point the "
     "config at kyutai/moshiko-pytorch-bf16 (or a local directory) on a GPU machine for the real model."
 )
+
+
+ANY_INTERFACE = ("0.0.0.0", "::", "")
+
+
+def http_base(host: str | None, port: int, route_prefix: str = "/") -> str:
+    """ "http://host:port/prefix" where a client on this machine connects (all interfaces: loopback)."""
+    if not host or host in ANY_INTERFACE:
+        host = "127.0.0.1"
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
 def ready_lines(configs: Iterable[AppConfig], base_url: str = "") -> list[str]:

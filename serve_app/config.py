@@ -3,19 +3,79 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.asr.config import AsrConfig
 from serve_app.constants import FRAME_MS
+from serve_app.engine.port import Persona
 from serve_app.engine.spec import ModelConfig, ModelSpec, RealtimeLimits
+from serve_app.engine.voice_names import default_voice
 from serve_app.session.settings import SessionSettings
 
 # Seeds for the embedded default: one tiny random-weight checkpoint per model type.
-EMBEDDED_MODELS: dict[str, int] = {"moshi-sft": 1, "moshi-base": 2, "moshi-pretrain": 3}
+EMBEDDED_MODELS: dict[str, int] = {"moshi-sft": 1, "moshi-base": 2, "moshi-pretrain": 3, "personaplex": 4}
+EMBEDDED_PERSONA_MODEL = "personaplex"
+"""The embedded default's persona-capable model: a tiny PersonaPlex-shaped checkpoint (voices, role text)."""
+EMBEDDED_PERSONA_SLOTS = 2
 
-__all__ = ["AppConfig", "ModelConfig", "RealtimeLimits", "ServerSettings", "load_config"]
+__all__ = [
+    "NO_PROMPT",
+    "AppConfig",
+    "ModelConfig",
+    "ModelTraits",
+    "RealtimeLimits",
+    "ServerSettings",
+    "load_config",
+    "model_traits",
+]
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What the ingress knows of a model without loading it: what its sessions may ask of it."""
+
+    follows_instructions: bool
+    """`instructions` become the model's role text (PersonaPlex); otherwise they are only echoed."""
+    voices: tuple[str, ...]
+    """The voice prompts a session's `voice` may name; empty: no voice prompt (the voice is echoed)."""
+    default_voice: str | None
+    default_instructions: str | None
+    random_weights: bool
+    """A generated tiny checkpoint: it answers with noise (clients say so)."""
+
+    @property
+    def prompt_channel(self) -> bool:
+        """The model takes a persona before its first step (`SlotStream.set_persona`)."""
+        return self.follows_instructions or bool(self.voices)
+
+    def persona(self, persona: Persona) -> Persona:
+        """`persona` with the model's defaults where it leaves the voice or the role text unset."""
+        return Persona(
+            voice=persona.voice or self.default_voice,
+            instructions=persona.instructions or self.default_instructions,
+        )
+
+
+NO_PROMPT = ModelTraits(
+    follows_instructions=False, voices=(), default_voice=None, default_instructions=None, random_weights=False
+)
+"""A model without a prompt channel (a streaming ASR's, or one known only by its id)."""
+
+
+def model_traits(model: ModelConfig) -> ModelTraits:
+    """The traits of a configured model, from its spec: a PersonaPlex follows instructions and has voices."""
+    voices = model.persona_voices()
+    persona = model.spec.persona
+    return ModelTraits(
+        follows_instructions=persona,
+        voices=voices,
+        default_voice=(model.default_voice or default_voice(voices)) if persona else None,
+        default_instructions=model.default_instructions if persona else None,
+        random_weights=model.spec.tiny_seed is not None,
+    )
 
 
 class ServerSettings(BaseModel):
@@ -100,12 +160,22 @@ class AppConfig(BaseModel):
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)
 
+    def traits(self, model_id: str) -> ModelTraits | None:
+        model = self.model(model_id)
+        return model_traits(model) if model is not None else None
+
     @classmethod
     def embedded_default(cls, slots: int = 8) -> AppConfig:
         """Tiny random-weight checkpoints, generated on first use: runs anywhere, sounds like noise."""
         return cls(
             models=tuple(
                 ModelConfig(id=name, spec=ModelSpec(tiny_seed=seed), slots=slots)
+                if name != EMBEDDED_PERSONA_MODEL
+                else ModelConfig(
+                    id=name,
+                    spec=ModelSpec(tiny_seed=seed, tiny_kind="personaplex"),
+                    slots=min(slots, EMBEDDED_PERSONA_SLOTS),
+                )
                 for name, seed in EMBEDDED_MODELS.items()
             )
         )

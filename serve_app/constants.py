@@ -10,4 +10,6 @@ FRAME_SAMPLES: Final = 1920
 
 FRAME_RATE: Final = 12.5
 FRAME_MS: Final = 80
+FRAME_S: Final = FRAME_MS / 1000
+"""The frame period in seconds: the engine's tick and a paced client's send interval."""
 BYTES_PER_SAMPLE_PCM16: Final = 2

@@ -49,9 +49,26 @@ def ray_environment(front: str) -> dict[str, str]:
     }
 
 
-def apply_ray_environment(front: str) -> None:
-    """Set `ray_environment` for a Ray instance this process starts (explicit settings win)."""
-    for name, value in ray_environment(front).items():
+SINGLE_NODE_ENVIRONMENT = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    "MOSHI_REALTIME_CHANNEL_HOST": "127.0.0.1",
+}
+"""What a Ray on one machine (`make serve`, `serve run` after `ray_env`) adds:
+
+- Serve keeps a stopping ingress replica reachable for `RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`
+  (30 s) so that an external load balancer can deregister it; every stop pays it, Ctrl-C included (then
+  `serve.shutdown` gives up after 30 s with "Controller failed to shut down"). On one machine the only
+  balancer is the local HAProxy, which is told at once and retries a refused connection on another replica:
+  1 s, as the Ray tests use. Open sessions still get the deployments' `graceful_shutdown_timeout_s`.
+- The model replicas' frame channel (deployments/slot_host.py) listens on loopback instead of the node's
+  address: only ingress replicas on this machine connect to it."""
+
+
+def apply_ray_environment(front: str, *, single_node: bool = True) -> None:
+    """Set `ray_environment` for a Ray instance this process starts (explicit settings win); a Ray this
+    process starts is one machine's (`single_node`) unless it is the head of a cluster others join."""
+    env = {**ray_environment(front), **(SINGLE_NODE_ENVIRONMENT if single_node else {})}
+    for name, value in env.items():
         os.environ.setdefault(name, value)
 
 
@@ -62,10 +79,13 @@ def shell_exports(front: str, auth: str) -> list[str]:
     machines reach runs with `token`, and every later Ray CLI call needs the same mode and token. Without
     either, Ray 2.60's `ray.init` turns token authentication on by itself and writes `~/.ray/auth_token`,
     after which a plain `ray start` turns it on too and a CLI call without `RAY_AUTH_MODE=token` fails.
+    One machine (`disabled`) also gets `SINGLE_NODE_ENVIRONMENT`; a cluster keeps Serve's 30 s drain for
+    its load balancers and the frame channel on the node's address for the other nodes.
     """
     if auth not in AUTH_MODES:
         raise ValueError(f"auth must be one of {AUTH_MODES}, got {auth!r}")
-    env = {**ray_environment(front), "RAY_AUTH_MODE": auth}
+    single_node = SINGLE_NODE_ENVIRONMENT if auth == "disabled" else {}
+    env = {**ray_environment(front), **single_node, "RAY_AUTH_MODE": auth}
     return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
 
 

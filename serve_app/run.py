@@ -73,8 +73,48 @@ def exposure_warning(schema: ServeDeploySchema, configs: list[AppConfig]) -> str
     )
 
 
-def deploy(schema: ServeDeploySchema) -> None:
-    """Start Serve on the connected Ray instance and submit the config, as `serve run <yaml>` does."""
+SERVE_DEFAULT_GRACEFUL_SHUTDOWN_S = 20.0
+"""Serve's `graceful_shutdown_timeout_s` for a deployment that sets none."""
+SHUTDOWN_MARGIN_S = 10.0
+"""What the controller may take beyond the longest graceful shutdown (replica stops, HAProxy, itself)."""
+
+
+def session_grace_s(schema: ServeDeploySchema) -> float:
+    """The longest Serve lets open requests (here: sessions) finish when it stops a replica: the largest
+    `graceful_shutdown_timeout_s` in the config. With no session open, replicas stop at once."""
+    values = [
+        float(d.graceful_shutdown_timeout_s)
+        if isinstance(d.graceful_shutdown_timeout_s, int | float)
+        else SERVE_DEFAULT_GRACEFUL_SHUTDOWN_S
+        for app in schema.applications
+        for d in app.deployments
+    ]
+    return max(values, default=SERVE_DEFAULT_GRACEFUL_SHUTDOWN_S)
+
+
+def shutdown_notice(schema: ServeDeploySchema) -> str:
+    """What the console says the moment it is asked to stop (Serve itself prints nothing while it waits)."""
+    return (
+        f"shutting down: waiting up to {session_grace_s(schema):.0f} s for open sessions to end "
+        "(graceful_shutdown_timeout_s); with none open, a few seconds"
+    )
+
+
+def loopback_note(schema: ServeDeploySchema, front: str) -> str | None:
+    """Serve's controller warns at every HAProxy-mode start whose host is not 0.0.0.0, for a cluster's sake;
+    on one machine serving loopback on purpose it is expected, and the console says so."""
+    host = schema.http_options.host if schema.http_options else None
+    if front != "haproxy" or host not in LOOPBACK:
+        return None
+    return (
+        f"  (Ray's warning \"HTTPOptions.host={host!r} won't accept connections from HAProxy on other "
+        'nodes" is expected: this is one machine, serving loopback on purpose.)'
+    )
+
+
+def deploy(schema: ServeDeploySchema) -> Any:
+    """Start Serve on the connected Ray instance and submit the config, as `serve run <yaml>` does;
+    returns Serve's client (its `shutdown` takes a timeout, `serve.shutdown` does not)."""
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(),
         grpc_options=schema.grpc_options.model_dump(),
@@ -82,6 +122,15 @@ def deploy(schema: ServeDeploySchema) -> None:
         controller_options=schema.controller_options,
     )
     client.deploy_apps(schema, _blocking=False)
+    return client
+
+
+def shut_down(client: Any, schema: ServeDeploySchema) -> None:
+    """Stop Serve, waiting as long as its deployments may take: `serve.shutdown` gives up after a fixed
+    30 s and logs "Controller failed to shut down" while the replicas are still finishing sessions."""
+    if client is not None:
+        client.shutdown(timeout_s=session_grace_s(schema) + SHUTDOWN_MARGIN_S)
+    serve.shutdown()  # type: ignore[no-untyped-call]  # forgets the client (a no-op stop when stopped)
 
 
 def base_url(schema: ServeDeploySchema) -> str:
@@ -189,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
-        logger.info("received %s, shutting down", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            print(f"received {name} again: still shutting down, see above", flush=True)
+            return
+        print(f"received {name}; {shutdown_notice(schema)}", flush=True)
         stop.set()
 
     init_kwargs: dict[str, Any] = {"namespace": "serve"}
@@ -209,13 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     code = 0
+    client: Any = None
     try:
-        deploy(schema)
+        client = deploy(schema)
         started = time.monotonic()
         print(
             f"Deploying {args.config}: progress every {PROGRESS_EVERY_S:g} s until /healthz answers.",
             flush=True,
         )
+        if not args.address and (note := loopback_note(schema, args.front)):
+            print(note, flush=True)
         if not wait_healthy(schema, args.ready_timeout, stop, report=lambda line: print(line, flush=True)):
             if not stop.is_set():
                 logger.error("not healthy after %.0f s", args.ready_timeout)
@@ -242,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.exception("serving failed")
         code = 1
     finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]
+        shut_down(client, schema)
         ray.shutdown()
+        print("stopped.", flush=True)
     return code
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve_app.banner import ready_lines
+from serve_app.banner import http_base, ready_lines
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.engine.spec import ModelSpec
 
@@ -19,3 +19,12 @@ def test_real_weights_get_no_warning_and_paths_stand_alone() -> None:
     lines = ready_lines([real])
     assert lines[0] == "  /v1/realtime?model=moshi"
     assert not any("RANDOM" in line for line in lines)
+
+
+def test_the_ingress_banner_gets_urls_from_serves_http_options() -> None:
+    # What `serve run` / `serve deploy` log: the controller's host, port and the app's route prefix.
+    assert http_base("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert http_base("0.0.0.0", 8123, "/moshi/") == "http://127.0.0.1:8123/moshi"  # all interfaces: loopback
+    assert http_base(None, 8000, "/") == "http://127.0.0.1:8000"
+    lines = ready_lines([AppConfig.embedded_default()], http_base("::", 9000, "/rt"))
+    assert lines[0] == "  ws://127.0.0.1:9000/rt/v1/realtime?model=moshi-sft"

@@ -169,6 +169,19 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def model_info(
+    model: LoadedModel, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """The model a benchmark ran (its `--full-size` or `--seed`), as every engine benchmark reports it."""
+    return {
+        "kind": "full-size (random weights)" if args.full_size else f"tiny seed {args.seed}",
+        "lm_params": sum(p.numel() for p in model.lm.parameters()),
+        "mimi_params": sum(p.numel() for p in model.mimi.parameters()),
+        "device": str(device),
+        "lm_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -230,13 +243,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "command": command,
         "commit": git_commit(),
         "machine": machine_info(device),
-        "model": {
-            "kind": "full-size (random weights)" if args.full_size else f"tiny seed {args.seed}",
-            "lm_params": sum(p.numel() for p in model.lm.parameters()),
-            "mimi_params": sum(p.numel() for p in model.mimi.parameters()),
-            "device": str(device),
-            "lm_dtype": str(dtype).removeprefix("torch."),
-        },
+        "model": model_info(model, args, device, dtype),
         "sampling": sampling.model_dump(),
         "period_ms": args.period_ms,
         "lock_per_model": {"step": asdict(single), "sessions": lock_sessions},

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from serve_app.bench.engine_bench import git_commit
-from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.constants import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE
 from serve_app.listening.segmenter import SpeechStarted, SpeechStopped, VadParams
 from serve_app.listening.silero import SileroVad
 from serve_app.listening.vad_stream import VadStream
@@ -140,7 +140,7 @@ async def through_server(
             step = 2 * FRAME_SAMPLES
             begin = time.monotonic()
             for k, start in enumerate(range(0, len(pcm16), step)):
-                await asyncio.sleep(max(0.0, begin + k * FRAME_SAMPLES / SAMPLE_RATE - time.monotonic()))
+                await asyncio.sleep(max(0.0, begin + k * FRAME_S - time.monotonic()))
                 chunk = base64.b64encode(pcm16[start : start + step]).decode()
                 await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
 

@@ -27,19 +27,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_app.bench.engine_bench import full_size_model, git_commit, machine_info
-from serve_app.constants import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.bench.engine_bench import full_size_model, git_commit, machine_info, model_info
+from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.history import ResumeWindow
 from serve_app.engine.loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from serve_app.engine.rebuild import LM_CHUNK_STEPS, SlotRebuild
-from serve_app.engine.runner import ClockedRunner, TickStats
+from serve_app.engine.runner import ClockedRunner
 from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.engine.tick_stats import TickStats
 
 logger = logging.getLogger("rebuild_bench")
 
 DEFAULT_WINDOWS_S = (1, 5, 15, 30, 60, 120, 240)
-PERIOD_S = FRAME_MS / 1000
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -95,7 +95,7 @@ def measure(
     wall = time.perf_counter() - started
     runner.close_slot(slot)
     (job,) = jobs
-    during = [t for t in ticks[first_tick:] if t.stepped_slots]
+    during = [t for t in ticks[first_tick:] if t.counts]
     return {
         "window_s": round(window.seconds, 2),
         "lm_steps": job.lm_steps,
@@ -157,12 +157,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "command": command,
         "commit": git_commit(),
         "machine": machine_info(device),
-        "model": {
-            "kind": "full-size (random weights)" if args.full_size else f"tiny seed {args.seed}",
-            "lm_params": sum(p.numel() for p in model.lm.parameters()),
-            "device": str(device),
-            "lm_dtype": str(dtype).removeprefix("torch."),
-        },
+        "model": model_info(model, args, device, dtype),
         "neighbours": args.neighbours,
         "lm_chunk_steps": LM_CHUNK_STEPS,
         "rows": rows,

@@ -32,7 +32,6 @@ import logging
 import os
 import random
 import shlex
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -45,18 +44,18 @@ import torch
 
 from serve_app.bench.cpu_meter import EngineThread, per_frame_ms, snapshot
 from serve_app.bench.engine_bench import Timing, git_commit, machine_info
-from serve_app.constants import FRAME_MS, FRAME_SAMPLES
+from serve_app.constants import FRAME_S, FRAME_SAMPLES
 from serve_app.engine.asyncio_slot import AsyncSlot
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.loader import load_model
 from serve_app.engine.runner import ClockedRunner
 from serve_app.engine.spec import ModelSpec, SamplingParams
 from serve_app.heap import freeze_heap
+from serve_app.net import free_port
 from serve_app.protocol.codecs import encode_base64, float_to_pcm16, pcm16_to_bytes
 
 logger = logging.getLogger("service_bench")
 
-FRAME_S = FRAME_MS / 1000
 PROBE_CYCLE = 10
 GAP = 3
 PROBE_AT = PROBE_CYCLE - GAP - 1
@@ -146,12 +145,6 @@ async def engine_sessions(runner: ClockedRunner, n: int, seconds: float, probes:
 
 
 # --- service (Ray Serve + WebSocket) -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def service_config(port: int, slots: int) -> dict[str, Any]:

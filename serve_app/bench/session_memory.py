@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import time
 import tracemalloc
 from collections.abc import Sequence
 
@@ -33,11 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     settings = SessionSettings(max_items=args.max_items)
-    session = RealtimeSession(session_id="s", model_id="m", dialect=Dialect.GA, settings=settings)
+    session = RealtimeSession(
+        session_id="s", model_id="m", dialect=Dialect.GA, settings=settings, now_epoch_s=time.time()
+    )
     session.connect()
     off = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
     session.receive_client_text(json.dumps({"type": "session.update", "session": off}))
-    session.data_to_send()
+    session.events_to_send()
     append = json.dumps(
         {"type": "input_audio_buffer.append", "audio": encode_base64(bytes(2 * FRAME_SAMPLES))}
     )
@@ -54,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         session.receive_engine_frame(
             EngineFrame(pcm=pcm, text="word" if speaking else None, speaking=speaking)
         )
-        session.data_to_send()
+        session.events_to_send()
         if step % every == 0:
             gc.collect()
             traced, _ = tracemalloc.get_traced_memory()

@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.constants import FRAME_MS, FRAME_SAMPLES
+from serve_app.constants import FRAME_S, FRAME_SAMPLES
 from serve_app.protocol.codecs import encode_base64, float_to_pcm16, pcm16_to_bytes
 
-FRAME_S = FRAME_MS / 1000
 RECENT_S = 3.0
 
 

@@ -39,12 +39,11 @@ import numpy as np
 import psutil
 
 from serve_app.bench.engine_bench import git_commit, machine_info
-from serve_app.constants import FRAME_MS, FRAME_SAMPLES
+from serve_app.constants import FRAME_MS, FRAME_S, FRAME_SAMPLES
 from serve_app.protocol.codecs import encode_base64, float_to_pcm16, pcm16_to_bytes
 
 logger = logging.getLogger("soak")
 
-FRAME_S = FRAME_MS / 1000
 STARTUP_FRAMES = 1
 SETTLE_S = 0.5
 LAST_MINUTE_S = 60.0
@@ -179,7 +178,7 @@ class Service:
     def start(self) -> str:
         import ray
 
-        from serve_app.bench.service_bench import free_port
+        from serve_app.net import free_port
         from serve_app.ray_env import apply_ray_environment
         from serve_app.run import deploy, load_deploy_config, wait_healthy
 

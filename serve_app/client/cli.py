@@ -18,7 +18,7 @@ from typing import Any
 import websockets
 from openai import AsyncOpenAI
 
-from serve_app.constants import BYTES_PER_SAMPLE_PCM16, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.constants import BYTES_PER_SAMPLE_PCM16, FRAME_S, FRAME_SAMPLES, SAMPLE_RATE
 from serve_app.protocol.codecs import decode_base64, encode_base64
 
 _AUDIO_DELTA = {"response.output_audio.delta", "response.audio.delta"}
@@ -89,7 +89,7 @@ async def converse(
                 piece = audio[start : start + chunk]
                 await conn.input_audio_buffer.append(audio=encode_base64(piece))
                 sent = start
-                await asyncio.sleep(FRAME_MS / 1000)
+                await asyncio.sleep(FRAME_S)
             await asyncio.sleep(0.5)
             await conn.close()
 
@@ -104,7 +104,9 @@ async def converse(
                     result.mid_line = True
                 elif event.type == "response.done":
                     result.responses += 1
-                    print(f"  [{event.response.status}]", flush=True)
+                    details = event.response.status_details
+                    reason = getattr(details, "reason", None) if details is not None else None
+                    print(f"  [{status_label(event.response.status, reason)}]", flush=True)
                     result.mid_line = False
                 elif event.type == "error":
                     result.errors.append(f"{event.error.code}: {event.error.message}")
@@ -112,6 +114,21 @@ async def converse(
         finally:
             sender.cancel()
     return result
+
+
+_REASONS = {
+    "turn_detected": "you spoke over Moshi (server VAD barge-in)",
+    "client_cancelled": "this client cancelled it",
+    "max_output_tokens": "the response reached its token limit",
+}
+
+
+def status_label(status: str | None, reason: str | None) -> str:
+    """A reply's end in words: `cancelled` alone after most replies reads as a failure, when it is the
+    server's VAD hearing the input speak over Moshi (the OpenAI `turn_detected` reason)."""
+    if reason is None:
+        return str(status)
+    return f"{status}: {_REASONS.get(reason, reason)}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,15 @@ import numpy as np
 import numpy.typing as npt
 
 from serve_app.engine.errors import SlotClosed, SlotEnded
-from serve_app.engine.port import EngineFrame
+from serve_app.engine.port import EngineFrame, Persona
 from serve_app.engine.runner import ClockedRunner
 
 _END = object()
 
 
 class AsyncSlot:
-    """A slot of a ClockedRunner for one asyncio session: `send_audio`, `frames()`, `close()`."""
+    """A slot of a ClockedRunner for one asyncio session: `send_audio`, `frames()`, `close()`, and the
+    slot's persona and scripted speech (`set_persona`, `say`, `stop_saying`)."""
 
     def __init__(self, runner: ClockedRunner, loop: asyncio.AbstractEventLoop, check_budget: bool) -> None:
         self._runner = runner
@@ -50,6 +51,21 @@ class AsyncSlot:
         if self._closed:
             raise SlotClosed("the session's slot is closed")
         self._runner.push(self.slot, pcm)
+
+    async def set_persona(self, persona: Persona) -> None:
+        """Before the first audio: the runner prefills the persona's prompt (no-op: no prompt channel)."""
+        if self._closed:
+            raise SlotClosed("the session's slot is closed")
+        self._runner.set_persona(self.slot, persona)
+
+    async def say(self, text: str) -> None:
+        if self._closed:
+            raise SlotClosed("the session's slot is closed")
+        self._runner.say(self.slot, text)
+
+    async def stop_saying(self) -> None:
+        if not self._closed:
+            self._runner.stop_saying(self.slot)
 
     async def frames(self) -> AsyncIterator[EngineFrame]:
         while True:

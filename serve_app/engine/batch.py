@@ -23,11 +23,14 @@ import numpy.typing as npt
 import torch
 from moshi.models.lm import LMGen
 
-from serve_app.constants import FRAME_MS, FRAME_SAMPLES
+from serve_app.constants import FRAME_S, FRAME_SAMPLES
 from serve_app.engine.errors import NoFreeSlot, RebuildFailed
+from serve_app.engine.forced_text import ForcedText
 from serve_app.engine.history import HistorySpec, ResumeWindow
 from serve_app.engine.loader import LoadedModel
 from serve_app.engine.port import EngineFrame
+from serve_app.engine.prompt import PromptPlan, PromptPrefill
+from serve_app.engine.prompt_cache import PromptCache
 from serve_app.engine.rebuild import SlotRebuild, history_spec
 from serve_app.engine.spec import SamplingParams
 
@@ -35,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BatchedEngine", "NoFreeSlot", "text_pieces"]
 
-_PERIOD_S = FRAME_MS / 1000
+_Mask = npt.NDArray[np.bool_]
 _NO_PCM = np.zeros(0, np.float32)
 _NO_PCM.flags.writeable = False
 _NO_RECORDS = np.zeros((0, 0), np.int32)
@@ -63,9 +66,11 @@ class _Slot:
     """The slot's state is being rebuilt: its queued frames wait (not stepped, not late)."""
     records: list[npt.NDArray[np.int32]] = field(default_factory=list)
     """Records of the steps not yet attached to a returned frame."""
+    prompted: bool = False
+    """Its LM row holds a prompt (serve_app/engine/prompt.py): its first tick resets Mimi's rows only."""
 
     def clear(self) -> None:
-        self.rebuilding = False
+        self.rebuilding = self.prompted = False
         self.records.clear()
         self.frames.clear()
         self.due.clear()
@@ -106,12 +111,16 @@ class BatchedEngine:
         self._slots = [_Slot() for _ in range(slots)]
         self._lock = threading.Lock()  # slot table and audio buffers
         self._tick_lock = threading.Lock()  # model streaming state: one tick at a time
+        lm = model.lm
+        self.scripts = ForcedText.for_model(lm, model.tokenizer, slots)
+        """Scripted speech (serve_app/engine/forced_text.py): `scripts.start(slot, text)`, `.cancel(slot)`."""
+        self.prompt_cache = PromptCache()
         self._lm_gen = LMGen(
             model.lm,
             **sampling.lm_gen_kwargs(),
             support_out_of_sync=True,  # otherwise one slot's reset blanks a step for every slot
+            on_text_hook=self.scripts,
         )
-        lm = model.lm
         self._pieces = text_pieces(
             model.tokenizer,
             max(lm.text_card, lm.text_linear.out_features) + 1,
@@ -134,15 +143,15 @@ class BatchedEngine:
         prefix_s = (
             float(model.stt_config.get("audio_silence_prefix_seconds", 0.0)) if model.text_only else 0.0
         )
-        self._prefix_frames = round(prefix_s / _PERIOD_S)
+        self._prefix_frames = round(prefix_s / FRAME_S)
         self.text_delay_s = (
             float(model.stt_config.get("audio_delay_seconds", 0.0)) if model.text_only else 0.0
         )
         """How far a text-only model's text trails the audio it transcribes (s)."""
         self.history_spec: HistorySpec | None = None if model.text_only else history_spec(model)
         """How much history a slot needs to be rebuilt (None: a text-only model's cannot be)."""
-        self._rebuilds: dict[int, SlotRebuild] = {}
-        self._cancelled: list[SlotRebuild] = []
+        self._rebuilds: dict[int, SlotRebuild | PromptPrefill] = {}
+        self._cancelled: list[SlotRebuild | PromptPrefill] = []
         """Rebuilds of slots closed meanwhile: their scratch states are dropped on the tick thread."""
         self.last_tokens: dict[int, npt.NDArray[np.int64]] = {}
         """Per slot stepped validly in the last tick: [text, audio codes...] (for tests and diagnostics)."""
@@ -196,7 +205,7 @@ class BatchedEngine:
         now = time.monotonic()
         for index in range(self._prefix_frames):
             slot.frames.append(np.zeros(FRAME_SAMPLES, np.float32))
-            slot.last_due = now - (self._prefix_frames - index) * _PERIOD_S
+            slot.last_due = now - (self._prefix_frames - index) * FRAME_S
             slot.due.append(slot.last_due)
         slot.hidden = self._prefix_frames
 
@@ -206,6 +215,7 @@ class BatchedEngine:
             state = self._slot(slot)
             state.open = False
             state.clear()
+            self.scripts.cancel(slot)
             job = self._rebuilds.pop(slot, None)
             if job is not None:
                 self._cancelled.append(job)
@@ -218,9 +228,22 @@ class BatchedEngine:
         with self._lock:
             return bool(self._rebuilds or self._cancelled)
 
+    def start_prompt(self, slot: int, plan: PromptPlan, *, framewise: bool = False) -> PromptPrefill:
+        """Prefill a slot that has not stepped with a prompt (serve_app/engine/prompt.py), cached by
+        `plan.key`, in chunks by `rebuild_step` between ticks; its queued input waits meanwhile."""
+        with self._lock:
+            state = self._slot(slot)
+            if self.text_only or not state.open or not state.starting or state.rebuilding:
+                raise ValueError(f"slot {slot} cannot take a prompt: closed, already stepped or busy")
+            state.rebuilding = True
+            job = self._rebuilds[slot] = PromptPrefill(
+                self._model.lm, self._lm_gen, slot, plan, self.prompt_cache, framewise=framewise
+            )
+        return job
+
     def rebuild_step(self) -> SlotRebuild | None:
-        """Run one chunk of the oldest rebuild (on the tick thread, between ticks). Returns the rebuild
-        once it is complete (its slot steps from the next tick on); raises RebuildFailed."""
+        """Run one chunk of the oldest rebuild or prompt (on the tick thread, between ticks). Returns a
+        rebuild once complete (a prompt: None); its slot steps from the next tick on. Raises RebuildFailed."""
         with self._tick_lock:
             with self._lock:
                 cancelled, self._cancelled = self._cancelled, []
@@ -242,7 +265,8 @@ class BatchedEngine:
                 if self._rebuilds.get(job.slot) is job:
                     del self._rebuilds[job.slot]
                     self._slots[job.slot].rebuilding = False
-            return job
+                    self._slots[job.slot].prompted = isinstance(job, PromptPrefill)
+            return job if isinstance(job, SlotRebuild) else None
 
     def push(self, slot: int, pcm: npt.NDArray[np.float32], now: float | None = None) -> int:
         """Queue 24 kHz mono audio of any length; it is cut into 1920-sample frames for the ticks.
@@ -263,7 +287,7 @@ class BatchedEngine:
             whole = data.size - data.size % FRAME_SAMPLES
             for start in range(0, whole, FRAME_SAMPLES):
                 state.frames.append(data[start : start + FRAME_SAMPLES].copy())
-                state.last_due = max(arrived, state.last_due + _PERIOD_S)
+                state.last_due = max(arrived, state.last_due + FRAME_S)
                 state.due.append(state.last_due)
             state.partial = data[whole:].copy()
             return whole // FRAME_SAMPLES
@@ -292,15 +316,14 @@ class BatchedEngine:
         with self._tick_lock:
             if self._closed:
                 raise RuntimeError("engine is closed")
-            active = np.zeros(len(self._slots), bool)
-            starting = np.zeros(len(self._slots), bool)
+            active, starting, prompted = (np.zeros(len(self._slots), bool) for _ in range(3))
             generations: dict[int, int] = {}
             with self._lock:
                 for index, slot in enumerate(self._slots):
                     if slot.open and slot.frames and not slot.rebuilding:
                         self._audio[index, 0] = slot.frames.popleft()
                         slot.due.popleft()
-                        active[index], starting[index] = True, slot.starting
+                        active[index], starting[index], prompted[index] = True, slot.starting, slot.prompted
                         slot.starting = False
                         if slot.hidden:
                             slot.hidden -= 1
@@ -308,7 +331,8 @@ class BatchedEngine:
                             generations[index] = slot.generation
             if not active.any():
                 return {}
-            tokens, pcm, records = self._step(active, starting)
+            self.scripts.active = active
+            tokens, pcm, records = self._step(active, starting, starting & ~prompted)
             frames: dict[int, EngineFrame] = {}
             self.last_tokens = {}
             checked = 0 if self.text_only else 1  # the column that is -2 while nothing was generated
@@ -319,17 +343,19 @@ class BatchedEngine:
                         continue
                     if records is not None:
                         slot.records.append(records[index])
+                    script = self.scripts.emitted(index)
                     if tokens[index, checked] < 0:
                         continue
                     if pcm is None and not self.text_only:
                         continue
-                    text = self._piece(int(tokens[index, 0]))
+                    text = self._piece(int(tokens[index, 0])) if script is None else script.text
                     audio = _NO_PCM if pcm is None else pcm[index].copy()
                     history = np.stack(slot.records) if slot.records else _NO_RECORDS
                     slot.records.clear()
                     frames[index] = EngineFrame(
-                        pcm=audio, text=text, speaking=text is not None, history=history
-                    )
+                        pcm=audio, text=text, speaking=text is not None, history=history,
+                        scripted=script is not None, script_done=script is not None and script.done,
+                    )  # fmt: skip
                     self.last_tokens[index] = tokens[index].copy()
             return frames
 
@@ -337,7 +363,7 @@ class BatchedEngine:
         return self._pieces[token] if 0 <= token < len(self._pieces) else None
 
     def _step(
-        self, active_np: npt.NDArray[np.bool_], starting_np: npt.NDArray[np.bool_]
+        self, active_np: _Mask, starting_np: _Mask, lm_reset_np: _Mask | None = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32] | None, npt.NDArray[np.int32] | None]:
         """docs/ENGINE_FACTS.md "The tick", steps 1-5.
 
@@ -352,7 +378,7 @@ class BatchedEngine:
             audio = torch.from_numpy(self._audio).to(device)
             if any_start:
                 mimi.reset_streaming(starting)
-                lm_gen.reset_streaming(starting)
+                lm_gen.reset_streaming(starting if lm_reset_np is None else torch.from_numpy(lm_reset_np))
             mimi.set_exec_mask(active)
             codes = mimi.encode(audio)  # idle rows hold stale audio but are masked: their state does not move
             if any_start and not self.text_only:

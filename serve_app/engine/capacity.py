@@ -6,12 +6,15 @@ empirical: recent busy ticks against a share of the 80 ms period, plus the per-s
 time seen across recent loads, which is what one more session is expected to add; and sessions already
 behind (input queued past due) mean no room. Admissions are paced (`AdmissionGate`): one at a time, in
 doubling steps, each step measured by a few ticks before the next, so a burst of arrivals is judged on
-ticks that include its first members.
+ticks that include its first members. A session resumed from another replica is judged like a new one
+and, besides, on its catch-up (`TickBudget.resume_refusal`): it arrives behind real time, by the input it
+missed while it moved, and must step that backlog faster than real time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import deque
@@ -21,9 +24,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from serve_app.constants import FRAME_MS
+from serve_app.constants import FRAME_S
 
-PERIOD_S = FRAME_MS / 1000
 DEFAULT_ADMIT_FRACTION = 0.7
 """Admit while the predicted tick stays under this share of the period: the rest absorbs jitter."""
 WINDOW_TICKS = 50
@@ -37,9 +39,27 @@ double, like TCP's slow start: with k sessions measured, up to k more are admitt
 (1, 1, 2, 4, 8, …), so a burst of 16 on an idle replica is judged in five steps, not sixteen."""
 EVIDENCE_WAIT_S = 1.0
 """The longest an admission waits for that evidence; then it is judged on what there is."""
-MAX_ADMIT_LAG_S = 2 * PERIOD_S
+MAX_ADMIT_LAG_S = 2 * FRAME_S
 """A replica whose oldest queued frame is further past due than this is behind: it admits no one.
 (Up to one period is normal: a frame arriving just after a tick waits for the next.)"""
+MAX_CATCH_UP_S = 3.0
+"""A resumed session must be expected back in real time within this. Until then its answers come late (past
+the lag limit at first) and the clock runs back-to-back ticks, which its neighbours on the cores pay for;
+a replica that would take longer refuses it, as one without room refuses a new session."""
+
+
+def catch_up_s(tick_s: float, backlog_s: float, *, period_s: float, catch_up_fraction: float) -> float:
+    """How long a session `backlog_s` behind real time takes to catch up, when each tick takes `tick_s`.
+
+    Behind, the clock ticks back to back, but only while a tick takes less than `catch_up_fraction` of the
+    period (ClockedRunner's rule, so catching up never starves the schedule): each tick steps one frame
+    of the backlog while new input keeps arriving, one frame per period. So the backlog shrinks by
+    `period_s / tick_s - 1` frames per period; `inf` when the ticks are too long to catch up at all."""
+    if backlog_s <= 0:
+        return 0.0
+    if tick_s >= catch_up_fraction * period_s:
+        return math.inf
+    return backlog_s * tick_s / (period_s - tick_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +89,7 @@ class TickBudget:
         slots_total: int,
         *,
         admit_fraction: float | None = DEFAULT_ADMIT_FRACTION,
-        period_s: float = PERIOD_S,
+        period_s: float = FRAME_S,
         window: int = WINDOW_TICKS,
     ) -> None:
         """`admit_fraction` None: judge and report, but admit on free slots alone."""
@@ -77,6 +97,7 @@ class TickBudget:
             raise ValueError(f"admit_fraction must be in (0, 1], got {admit_fraction}")
         self._slots = slots_total
         self._enforced = admit_fraction is not None
+        self._period_s = period_s
         self._budget_s = (admit_fraction or 1.0) * period_s
         self._lock = threading.Lock()
         self._ticks: deque[tuple[float, float, int]] = deque(maxlen=window)
@@ -136,7 +157,8 @@ class TickBudget:
             slope = max(0.0, float(np.polyfit(loads, durations, 1)[0]))
         current = int(loads[-1])
         if slope > 0:
-            capacity = current + int(np.floor((self._budget_s - p90) / slope))
+            # The fit's rounding (a slope of 2.0000000000000013 ms for 2 ms) must not cost a whole session.
+            capacity = current + int(np.floor((self._budget_s - p90) / slope + 1e-9))
         else:
             capacity = self._slots if p90 <= self._budget_s else current
         capacity = max(0, min(self._slots, capacity))
@@ -145,6 +167,28 @@ class TickBudget:
         fits = p90 + slope <= self._budget_s and lag_s <= MAX_ADMIT_LAG_S
         admitting = free and (not self._enforced or slots_used == 0 or fits)
         return CapacityReport(self._slots, slots_used, p50, p90, slope, capacity, admitting, lag_s, settling)
+
+    def resume_refusal(
+        self, report: CapacityReport, backlog_s: float, *, catch_up_fraction: float
+    ) -> str | None:
+        """Why a session resumed `backlog_s` behind real time does not fit (None: it does), beyond what a
+        new session is judged on (`report.admitting`, which it must pass too).
+
+        With it, a tick is expected to take what the admission of a new one predicts (p90 + the
+        per-session slope); it fits if the ticks leave room to catch up within `MAX_CATCH_UP_S`. The same
+        exemptions as a new session's hold: a budget not enforced, an empty replica."""
+        if not self._enforced or report.slots_used == 0:
+            return None
+        tick = report.tick_p90_s + report.per_session_s
+        took = catch_up_s(tick, backlog_s, period_s=self._period_s, catch_up_fraction=catch_up_fraction)
+        if took <= MAX_CATCH_UP_S:
+            return None
+        when = "never" if math.isinf(took) else f"in {took:.1f} s"
+        return (
+            f"a resumed session {1000 * backlog_s:.0f} ms behind would catch up {when} with ticks of "
+            f"{1000 * tick:.1f} ms (p90 + per session) beside {report.slots_used} sessions "
+            f"(limit {MAX_CATCH_UP_S:g} s)"
+        )
 
 
 T = TypeVar("T")
@@ -158,7 +202,7 @@ class AdmissionGate:
     no room. Asyncio only.
     """
 
-    def __init__(self, report: Callable[[], CapacityReport], *, poll_s: float = PERIOD_S / 4) -> None:
+    def __init__(self, report: Callable[[], CapacityReport], *, poll_s: float = FRAME_S / 4) -> None:
         self._report = report
         self._poll_s = poll_s
         self._lock = asyncio.Lock()

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.constants import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.pcm import float_to_pcm16, pcm16_to_float
 
 Records = npt.NDArray[np.int32]
 """[steps, K] int32: one row per stepped frame (engine/rebuild.py documents the columns)."""
@@ -59,7 +60,7 @@ class ResumeWindow:
     @property
     def seconds(self) -> float:
         """Length of the kept token history (s)."""
-        return len(self.records) * FRAME_SAMPLES / SAMPLE_RATE
+        return len(self.records) * FRAME_S
 
 
 class HistoryLost(Exception):
@@ -89,7 +90,7 @@ class SessionHistory:
     def add_input(self, pcm: npt.NDArray[np.float32], now: float) -> None:
         if self.lost is not None:
             return
-        samples = np.clip(np.asarray(pcm, np.float32) * 32767.0, -32768, 32767).round().astype(np.int16)
+        samples = float_to_pcm16(pcm)  # the wire's scale: PCM16 input comes back bit for bit
         self._chunks.append((self._received, now, samples))
         self._received += samples.size
         if self._received - self.steps * FRAME_SAMPLES > MAX_PENDING_S * SAMPLE_RATE:
@@ -129,8 +130,8 @@ class SessionHistory:
         first = self._chunks[0][0] if self._chunks else self._received
         joined = np.concatenate([c for _, _, c in self._chunks]) if self._chunks else np.zeros(0, np.int16)
         keep_from = max(first, (self.steps - self.spec.audio_frames) * FRAME_SAMPLES)
-        audio = joined[keep_from - first : stepped - first].astype(np.float32) / 32767.0
-        pending = joined[stepped - first :].astype(np.float32) / 32767.0
+        audio = pcm16_to_float(joined[keep_from - first : stepped - first])
+        pending = pcm16_to_float(joined[stepped - first :])
         # The chunk holding the first pending sample: it arrived at its recorded time.
         arrivals = [at for start, at, chunk in self._chunks if start + chunk.size > stepped]
         age = max(0.0, now - arrivals[0]) if pending.size and arrivals else 0.0

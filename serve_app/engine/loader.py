@@ -24,6 +24,9 @@ from moshi.models.lm import LMModel
 from torch import nn
 
 from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.engine import personaplex
+from serve_app.engine.personaplex import PersonaPlexCheckpoint, VoicePrompt
+from serve_app.engine.quantize import QuantizationUnsupported, check_supported, quantize_lm
 from serve_app.engine.spec import ModelSpec
 from serve_app.engine.tiny import ensure_tiny_checkpoint
 
@@ -55,6 +58,8 @@ class LoadedModel:
     """config.json `model_type`: moshi, stt (Kyutai STT: text out only), hibiki, ..."""
     stt_config: dict[str, Any] = field(default_factory=dict)
     """config.json `stt_config` (audio_silence_prefix_seconds, audio_delay_seconds) of an STT model."""
+    voices: dict[str, VoicePrompt] = field(default_factory=dict)
+    """Voice prompts by name (PersonaPlex: serve_app/engine/personaplex.py); empty for other models."""
 
     @property
     def text_only(self) -> bool:
@@ -81,6 +86,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_model(spec: ModelSpec) -> LoadedModel:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    try:
+        check_supported(spec.quantize, device)  # before minutes of loading
+    except QuantizationUnsupported as exc:
+        raise CheckpointError(str(exc)) from exc
     if spec.tiny_seed is not None:
         directory = ensure_tiny_checkpoint(spec.tiny_seed, kind=spec.tiny_kind)
         logger.warning(
@@ -99,7 +108,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         info = _hf_checkpoint(spec.hf_repo, spec.revision)
         source = spec.hf_repo + (f"@{spec.revision}" if spec.revision else "")
     loaded = _instantiate(info, device, dtype, source)
-    logger.info("loaded %s on %s (%s)", source, device, dtype)
+    if spec.quantize != "none":
+        quantize_lm(loaded.lm, spec.quantize)
+    logger.info("loaded %s on %s (%s, quantize %s)", source, device, dtype, spec.quantize)
     return loaded
 
 
@@ -145,7 +156,7 @@ def _resolve_all(config_path: Path, resolve: Callable[[str], Path]) -> loaders.C
         paths[key] = path
     try:
         # All paths are explicit, so moshi parses config.json and resolves nothing from the hub itself.
-        return loaders.CheckpointInfo.from_hf_repo(
+        info = loaders.CheckpointInfo.from_hf_repo(
             str(config_path.parent),
             moshi_weights=paths["moshi_name"],
             mimi_weights=paths["mimi_name"],
@@ -154,6 +165,10 @@ def _resolve_all(config_path: Path, resolve: Callable[[str], Path]) -> loaders.C
             mimi_config_path=paths["mimi_config_name"],
             lora_weights=paths["lora_name"],
         )
+        if info.model_type != personaplex.MODEL_TYPE:
+            return info
+        voices = personaplex.resolve_voices(config_path.parent, resolve)
+        return PersonaPlexCheckpoint(**vars(info), voices=voices)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: {exc}") from exc
 
@@ -199,6 +214,8 @@ def _hf_checkpoint(repo: str, revision: str | None) -> loaders.CheckpointInfo:
 def _instantiate(
     info: loaders.CheckpointInfo, device: torch.device, dtype: torch.dtype, source: str
 ) -> LoadedModel:
+    if isinstance(info, PersonaPlexCheckpoint):
+        return _instantiate_personaplex(info, device, dtype, source)
     lm_config: dict[str, Any] = dict(info.lm_config if info.lm_config is not None else loaders._lm_kwargs)
     mimi_config: dict[str, Any] = info.mimi_config if info.mimi_config is not None else loaders._mimi_config
 
@@ -228,6 +245,40 @@ def _instantiate(
         config=lm_config,
         model_type=info.model_type,
         stt_config=dict(info.stt_config),
+    )
+
+
+def _instantiate_personaplex(
+    info: PersonaPlexCheckpoint, device: torch.device, dtype: torch.dtype, source: str
+) -> LoadedModel:
+    """moshiko's kwargs (config.json has no architecture), the depformer's 8 agent steps, the voices."""
+    kwargs = personaplex.lm_kwargs(info.lm_config or {})
+    mimi_config: dict[str, Any] = info.mimi_config if info.mimi_config is not None else loaders._mimi_config
+    tokenizer = _load_tokenizer(info.tokenizer)
+    lm_shape = _meta_lm(kwargs)
+    _check_tokenizer(tokenizer, info.tokenizer, lm_shape)
+    mimi_shape = _meta_mimi(mimi_config)
+    _check_mimi(mimi_shape, lm_shape)
+    _check_weights(mimi_shape, info.mimi_weights, "the Mimi config", _mimi_summary(mimi_config))
+    assert info.voices is not None
+    try:
+        lm = personaplex.load_lm(info.moshi_weights, kwargs, device, dtype)
+        mimi = loaders.get_mimi(info.mimi_weights, mimi_config, num_codebooks=lm.dep_q, device=device)
+        voices = personaplex.load_voices(info.voices, lm)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{source}: loading failed: {exc}") from exc
+    mimi.eval()
+    return LoadedModel(
+        mimi=mimi,
+        lm=lm,
+        tokenizer=tokenizer,
+        lm_gen_config=dict(info.lm_gen_config),
+        device=device,
+        dtype=dtype,
+        source=source,
+        config=kwargs,
+        model_type=info.model_type,
+        voices=voices,
     )
 
 

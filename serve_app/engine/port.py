@@ -30,3 +30,22 @@ class EngineFrame:
     """[steps, K] int32: the records of the steps since the slot's previous frame (usually one; the
     first frame also carries the steps that produced no output yet). What the session keeps to rebuild
     the slot elsewhere (serve_app/engine/history.py); empty from a text-only model."""
+
+    scripted: bool = False
+    """The text was forced from the slot's script (serve_app/engine/forced_text.py): `text` is that piece
+    of the script exactly (None for the pauses between words)."""
+
+    script_done: bool = False
+    """This frame carries the script's last step: the scripted speech is over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """Who a slot speaks as: its prompt (PersonaPlex: serve_app/engine/prompt.py), applied before its first
+    step."""
+
+    voice: str | None
+    """A voice name of the model; None: the model's default voice."""
+
+    instructions: str | None
+    """The role text; None or "": the model's default persona."""

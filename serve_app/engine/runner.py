@@ -4,7 +4,8 @@ The model step never runs on an asyncio loop; callbacks are invoked from this th
 The clock also keeps the replica honest about real time: it catches up on input that is overdue (after a
 stall) while ticks leave room, refuses sessions its recent ticks cannot fit (`TickBudget`), and ends a
 session whose input has waited past the lag limit instead of answering it seconds late. A resumed
-session's slot is rebuilt in chunks between ticks, in the time the ticks leave (serve_app/engine/rebuild.py).
+session's slot is rebuilt in chunks between ticks, in the time the ticks leave (serve_app/engine/rebuild.py),
+and so is a persona prompt (serve_app/engine/prompt.py), whose plan is built on the clock thread too.
 """
 
 from __future__ import annotations
@@ -15,30 +16,34 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from serve_app.constants import FRAME_MS
+from serve_app.constants import FRAME_S
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.capacity import MAX_ADMIT_LAG_S, CapacityReport, TickBudget
 from serve_app.engine.errors import FellBehind, RebuildFailed, TickBudgetFull, TickFailed
 from serve_app.engine.history import HistorySpec, ResumeWindow
-from serve_app.engine.port import EngineFrame
-from serve_app.engine.rebuild import SlotRebuild
+from serve_app.engine.lag_limit import DEFAULT_MAX_LAG_S, LagLimit
+from serve_app.engine.persona_prompts import PersonaPrompts
+from serve_app.engine.port import EngineFrame, Persona
+from serve_app.engine.prompt_queue import PromptQueue
+from serve_app.engine.tick_stats import (
+    ErrorCallback,
+    FrameCallback,
+    OutputListener,
+    RebuiltCallback,
+    RunnerStats,
+    TickListener,
+    TickOutput,
+    TickStats,
+)
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
-FrameCallback = Callable[[EngineFrame], None]
-ErrorCallback = Callable[[BaseException], None]
-RebuiltCallback = Callable[[SlotRebuild], None]
-
-DEFAULT_MAX_LAG_S = 1.0
-"""A session whose oldest input frame is this far past due is ended (`FellBehind`)."""
-SHED_GRACE_S = 1.0
-"""How long a session past the lag limit may take to start catching up before it is ended."""
-SHED_INTERVAL_S = 0.5
-"""At most one session is ended for lag per interval: ending one frees time for the rest to recover."""
 CATCH_UP_FRACTION = 0.6
 """Overdue input is caught up with back-to-back ticks only while a tick takes less than this share of
 the period, so catching up never starves the schedule it is catching up with."""
@@ -50,35 +55,21 @@ always progresses, at the cost of one late tick per this interval."""
 
 
 @dataclass(frozen=True, slots=True)
-class TickStats:
-    duration_s: float
-    active_slots: int
-    """Slots open when the tick started."""
-    stepped_slots: int
-    """Slots that had a frame queued and were stepped."""
-    late: bool
-    """The tick took longer than the period."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerStats:
-    ticks: int
-    """Ticks that stepped at least one slot (empty ticks cost nothing and are not counted)."""
-    late_ticks: int
-    errors: int
-    recent_durations_s: tuple[float, ...]
-    p50_s: float
-    p99_s: float
-    slots_used: int
-    slots_total: int
-    period_s: float
-
-
-@dataclass(frozen=True, slots=True)
 class _Registration:
-    on_frame: FrameCallback
+    on_frame: FrameCallback | None
     on_error: ErrorCallback | None
     on_rebuilt: RebuiltCallback | None = None
+    tag: int = 0
+
+
+def _call(callback: Callable[[_T], None] | None, arg: _T, failed: str, *args: object) -> None:
+    """Run a callback on the clock thread: one that raises is logged (`failed` % `args`), never stops it."""
+    if callback is None:
+        return
+    try:
+        callback(arg)
+    except Exception:
+        logger.exception(failed, *args)
 
 
 class ClockedRunner:
@@ -88,19 +79,21 @@ class ClockedRunner:
         self,
         engine: BatchedEngine,
         *,
-        period_s: float = FRAME_MS / 1000,
-        on_tick: Callable[[TickStats], None] | None = None,
+        period_s: float = FRAME_S,
+        on_tick: TickListener | None = None,
         history: int = 1000,
         max_lag_s: float | None = DEFAULT_MAX_LAG_S,
         budget: TickBudget | None = None,
+        prompts: PersonaPrompts | None = None,
     ) -> None:
+        """`prompts`: the model's persona prompts (PersonaPlex), None for a model without a prompt channel."""
         self._engine = engine
+        self._prompts = prompts
+        self._prompt_queue = PromptQueue(engine, prompts) if prompts is not None else None
         self._period = period_s
-        self._tick_listeners: list[Callable[[TickStats], None]] = [on_tick] if on_tick else []
-        self._max_lag_s = max_lag_s
-        self._last_shed = float("-inf")
-        self._over_limit: dict[int, tuple[float, float]] = {}
-        """slot → (when its lag first exceeded the limit, the lag then); runner thread only."""
+        self._tick_listeners: list[TickListener] = [on_tick] if on_tick else []
+        self._output_listeners: list[OutputListener] = []
+        self._lag_limit = LagLimit(max_lag_s, period_s=period_s) if max_lag_s is not None else None
         self.budget = budget or TickBudget(engine.slots_total, period_s=period_s)
         # Guards the registrations; held while dispatching so no callback runs after close_slot returns
         # (reentrant: a callback may close its own slot).
@@ -164,6 +157,11 @@ class ClockedRunner:
         return self._engine.text_delay_s
 
     @property
+    def voices(self) -> tuple[str, ...]:
+        """The voice prompts a persona may name (empty: the model has no prompt channel)."""
+        return self._prompts.voices if self._prompts is not None else ()
+
+    @property
     def slots_total(self) -> int:
         return self._engine.slots_total
 
@@ -171,9 +169,14 @@ class ClockedRunner:
     def slots_used(self) -> int:
         return self._engine.slots_used
 
-    def add_tick_listener(self, listener: Callable[[TickStats], None]) -> None:
+    def add_tick_listener(self, listener: TickListener) -> None:
         """Called on the runner thread after each tick's frame callbacks (add before sessions start)."""
         self._tick_listeners.append(listener)
+
+    def add_output_listener(self, listener: OutputListener) -> None:
+        """Called on the runner thread once per tick that stepped a slot opened with a `tag`, with all such
+        slots' frames: one hand-off per tick for an owner of many slots (add before sessions start)."""
+        self._output_listeners.append(listener)
 
     def capacity(self) -> CapacityReport:
         lag = max(self._engine.lateness().values(), default=0.0)
@@ -181,9 +184,10 @@ class ClockedRunner:
 
     def open_slot(
         self,
-        on_frame: FrameCallback,
+        on_frame: FrameCallback | None,
         on_error: ErrorCallback | None = None,
         *,
+        tag: int | None = None,
         check_budget: bool = False,
         resume: ResumeWindow | None = None,
         on_rebuilt: RebuiltCallback | None = None,
@@ -192,7 +196,10 @@ class ClockedRunner:
         leave no room for one more session). Callbacks run on the runner thread; `on_error` is told when
         the slot's session cannot go on (`TickFailed`, `FellBehind`, `RebuildFailed`), after which its
         owner closes it. With `resume`, the slot is rebuilt from the window first; `on_rebuilt` is told
-        when it is, and the window's pending input (as late as it is old) is stepped from then on."""
+        when it is, and the window's pending input (as late as it is old) is stepped from then on.
+        Each frame goes to `on_frame`, or, given `tag` instead, into the tick's `TickOutput`."""
+        if (on_frame is None) == (tag is None):
+            raise ValueError("open a slot with either on_frame or a tag")
         if check_budget:
             report = self.capacity()
             if not report.admitting and report.slots_used < report.slots_total:
@@ -206,7 +213,7 @@ class ClockedRunner:
         slot = self._engine.open_slot(resume)
         self.budget.admitted(held)
         with self._lock:
-            self._registrations[slot] = _Registration(on_frame, on_error, on_rebuilt)
+            self._registrations[slot] = _Registration(on_frame, on_error, on_rebuilt, tag or 0)
         if resume is not None and resume.pending.size:
             self._engine.push(slot, resume.pending, time.monotonic() - resume.pending_age_s)
         self._wake.set()
@@ -216,13 +223,57 @@ class ClockedRunner:
         with self._lock:
             if slot in self._failed:
                 return  # the session already got on_error; its audio goes nowhere
+            queue = self._prompt_queue
+            if queue is not None and queue.hold(slot, pcm, time.monotonic() if now is None else now):
+                return  # the slot must not step before its prompt is in place
         self._engine.push(slot, pcm, now)
+
+    # --- personas and scripted speech ----------------------------------------------------------------------
+
+    def set_persona(self, slot: int, persona: Persona) -> bool:
+        """Prefill the slot's persona prompt before its first step; False (nothing done) on a model without
+        a prompt channel. The plan is built and its prefill started on the clock thread, before its next
+        tick; the prefill runs in chunks between ticks, as a rebuild does. Input pushed meanwhile waits
+        (never late while it does) and steps after the prompt. A persona that cannot be prompted (unknown
+        voice, a slot that already stepped) ends the session (`RebuildFailed` to `on_error`)."""
+        if self._prompt_queue is None:
+            return False
+        with self._lock:
+            if slot not in self._registrations or slot in self._failed:
+                return False
+            self._prompt_queue.ask(slot, persona)
+        self._wake.set()
+        return True
+
+    def say(self, slot: int, text: str) -> None:
+        """Scripted speech: force `text` into the slot's text stream from its next step (replacing a running
+        script); its frames are `scripted`, the last `script_done` (serve_app/engine/forced_text.py)."""
+        if self._engine.text_only:
+            return  # a text-only model's text is a transcript; it speaks nothing
+        with self._lock:
+            if slot in self._registrations:
+                self._engine.scripts.start(slot, text)
+
+    def stop_saying(self, slot: int) -> None:
+        """Cancel the slot's running script (no-op when none): no further frame of it is `scripted`."""
+        self._engine.scripts.cancel(slot)
+
+    def _start_prompts(self) -> None:
+        """Clock thread, before a tick (serve_app/engine/prompt_queue.py). The lock is held throughout
+        (plans take a few ms of CPU), so a slot closed (or reopened) meanwhile never gets another session's
+        prompt."""
+        if self._prompt_queue is None:
+            return
+        with self._lock:
+            self._prompt_queue.start(self._registrations.__contains__, self._end_slot)
 
     def close_slot(self, slot: int) -> None:
         """Free the slot (idempotent); no callback for it runs after this returns."""
         with self._lock:
             self._registrations.pop(slot, None)
             self._failed.discard(slot)
+            if self._prompt_queue is not None:
+                self._prompt_queue.forget(slot)
             self._engine.close_slot(slot)
 
     def stats(self) -> RunnerStats:
@@ -256,13 +307,13 @@ class ClockedRunner:
                 deadline = now if deadline is None else deadline
                 if deadline > now and self._stopping.wait(deadline - now):
                     break
+                self._start_prompts()
                 duration = self._tick_once()
                 # Behind schedule: at most one immediate catch-up tick, never a burst.
                 deadline = max(deadline + self._period, time.monotonic() - self._period)
                 if duration < CATCH_UP_FRACTION * self._period and self._overdue():
-                    deadline = (
-                        time.monotonic()
-                    )  # a stall left input waiting: step it now, while there is room
+                    # A stall left input waiting: step it now, while there is room.
+                    deadline = time.monotonic()
                 self._rebuild_until(deadline)
         except BaseException:  # the loop itself must never die silently
             logger.exception("engine clock crashed")
@@ -291,11 +342,8 @@ class ClockedRunner:
             if job is not None:
                 with self._lock:
                     registration = self._registrations.get(job.slot)
-                if registration is not None and registration.on_rebuilt is not None:
-                    try:
-                        registration.on_rebuilt(job)
-                    except Exception:
-                        logger.exception("on_rebuilt callback of slot %d failed", job.slot)
+                if registration is not None:
+                    _call(registration.on_rebuilt, job, "on_rebuilt callback of slot %d failed", job.slot)
 
     def _end_slot(self, slot: int, error: BaseException) -> None:
         """Tell one slot's session it cannot go on; its owner closes the slot."""
@@ -304,11 +352,7 @@ class ClockedRunner:
             if registration is None:
                 return
             self._failed.add(slot)
-        if registration.on_error is not None:
-            try:
-                registration.on_error(error)
-            except Exception:
-                logger.exception("on_error callback of slot %d failed", slot)
+        _call(registration.on_error, error, "on_error callback of slot %d failed", slot)
 
     def _wait_for_slots(self) -> bool:
         """True when a slot is open; otherwise block (no polling) until one opens or stop."""
@@ -335,16 +379,17 @@ class ClockedRunner:
             self._fail(snapshot, exc)
             return 0.0
         duration = time.perf_counter() - started
-        if frames:
-            self.budget.record(duration, len(snapshot))
         stats = TickStats(
             duration_s=duration,
             active_slots=len(snapshot),
             stepped_slots=len(frames),
             late=duration > self._period,
         )
+        if stats.counts:
+            self.budget.record(duration, len(snapshot))
+        tagged: list[tuple[int, EngineFrame]] = []
         with self._lock:
-            if frames:
+            if stats.counts:
                 self._ticks += 1
                 self._late += stats.late
                 self._durations.append(duration)
@@ -352,47 +397,31 @@ class ClockedRunner:
                 registration = self._registrations.get(slot)
                 if registration is None or registration is not snapshot.get(slot):
                     continue  # closed (or closed and reopened) while the tick ran
-                try:
-                    registration.on_frame(frame)
-                except Exception:
-                    logger.exception("on_frame callback of slot %d failed", slot)
+                if registration.on_frame is None:
+                    tagged.append((registration.tag, frame))
+                    continue
+                _call(registration.on_frame, frame, "on_frame callback of slot %d failed", slot)
+        if tagged:
+            output = TickOutput(stats, tagged)
+            for output_listener in self._output_listeners:
+                _call(output_listener, output, "output listener failed")
         for listener in self._tick_listeners:
-            try:
-                listener(stats)
-            except Exception:
-                logger.exception("tick listener failed")
+            _call(listener, stats, "tick listener failed")
         self._shed_if_behind()
         return duration
 
     def _shed_if_behind(self) -> None:
-        """End the session that is past its lag limit and not catching up (one per SHED_INTERVAL_S): it
-        cannot be served in real time any more, and ending it gives the others their time back.
-
-        A session over the limit gets `SHED_GRACE_S` to recover (catch-up ticks, a neighbour's warm-up
-        ending); it is ended only if its lag did not shrink in that time."""
-        if self._max_lag_s is None:
+        """End the session past its lag limit and not catching up (serve_app/engine/lag_limit.py): it
+        cannot be served in real time any more, and ending it gives the others their time back."""
+        if self._lag_limit is None:
             return
         now = time.monotonic()
-        lags = {slot: lag for slot, lag in self._engine.lateness(now).items() if lag > self._max_lag_s}
-        for slot in list(self._over_limit):
-            if slot not in lags:
-                del self._over_limit[slot]  # recovered (or closed)
-        hopeless: dict[int, float] = {}
-        for slot, lag in lags.items():
-            since, lag_then = self._over_limit.setdefault(slot, (now, lag))
-            if now - since < SHED_GRACE_S:
-                continue
-            if lag > lag_then - self._period:  # not one frame regained in the grace period
-                hopeless[slot] = lag
-            else:
-                self._over_limit[slot] = (now, lag)  # catching up: judge it again after another grace
-        if not hopeless or now - self._last_shed < SHED_INTERVAL_S:
+        shed = self._lag_limit.to_end(self._engine.lateness(now), now)
+        if shed is None:
             return
-        slot, lag = max(hopeless.items(), key=lambda item: item[1])
-        self._over_limit.pop(slot, None)
-        self._last_shed = now
+        slot, lag = shed
         logger.warning("slot %d is %.0f ms behind real time: ending its session", slot, 1000 * lag)
-        self._end_slot(slot, FellBehind(lag, self._max_lag_s))
+        self._end_slot(slot, FellBehind(lag, self._lag_limit.max_lag_s))
 
     def _fail(self, snapshot: dict[int, _Registration], exc: Exception) -> None:
         """A failed tick may have left any row half-stepped: end every session (each owner is told and then
@@ -405,9 +434,4 @@ class ClockedRunner:
             error.__cause__ = exc
             self._failed.update(failed)
             for slot, registration in failed.items():
-                if registration.on_error is None:
-                    continue
-                try:
-                    registration.on_error(error)
-                except Exception:
-                    logger.exception("on_error callback of slot %d failed", slot)
+                _call(registration.on_error, error, "on_error callback of slot %d failed", slot)

@@ -24,9 +24,10 @@ from moshi.modules.conv import StreamingConv1d, StreamingConvTranspose1d
 from moshi.modules.transformer import StreamingMultiheadAttention
 from torch import nn
 
-from serve_app.constants import FRAME_MS, FRAME_SAMPLES
+from serve_app.constants import FRAME_MS, FRAME_S, FRAME_SAMPLES
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.loader import LoadedModel
+from serve_app.engine.quantize import WeightOnlyLinear, module_bytes, quantize_mode
 from serve_app.engine.spec import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ def _attention_cache_bytes(attention: StreamingMultiheadAttention) -> int:
     lora_a = getattr(in_proj, "lora_A", None)
     if isinstance(lora_a, nn.Linear):
         dtype = lora_a.weight.dtype
+    elif isinstance(in_proj, WeightOnlyLinear):
+        dtype = in_proj.compute_dtype  # 8-bit weights, cache in the compute dtype (moshi reads `.weight`)
     elif isinstance(in_proj, nn.Linear):
         dtype = in_proj.weight.dtype
     else:
@@ -139,6 +142,7 @@ class SlotsDoNotFit(Exception):
         bytes_per_slot: int,
         free_bytes: int,
         reserve_fraction: float,
+        weights: str = "",
     ) -> None:
         self.model_id = model_id
         self.requested = requested
@@ -157,6 +161,7 @@ class SlotsDoNotFit(Exception):
                 f"{who}: slots: auto, but not even one slot fits: {per_slot}, and {usable}. "
                 "Use a GPU with more memory (or one not shared with another replica)."
             )
+            message += weights
         else:
             needed = requested * bytes_per_slot
             message = (
@@ -165,7 +170,84 @@ class SlotsDoNotFit(Exception):
                 f"Lower `slots` (at most {self.usable_bytes // bytes_per_slot} fit here), use `slots: auto`, "
                 "or use a GPU with more memory."
             )
+            message += weights
         super().__init__(message)
+
+
+def weights_note(model: LoadedModel) -> str:
+    """One sentence on what the weights take, and the spec option that would shrink them."""
+    lm_bytes = module_bytes(model.lm)
+    mode = quantize_mode(model.lm)
+    stored = f"quantize: {mode}" if mode != "none" else str(model.dtype).removeprefix("torch.")
+    text = f" The LM's weights take {lm_bytes / _GIB:.2f} GiB ({stored})"
+    if mode == "none" and model.dtype != torch.float32:
+        text += "; `quantize: int8` in the model's spec halves them"
+    return text + "."
+
+
+CUDA_CONTEXT_BYTES = 512 * 2**20
+"""What the CUDA context and cuBLAS workspaces take before any tensor (about 0.5 GiB on an L40S / H100)."""
+
+
+@dataclass(frozen=True)
+class ReplicaMemory:
+    """What one replica needs on its accelerator: context, weights, and every slot's streaming state."""
+
+    device_bytes: int
+    context_bytes: int
+    weight_bytes: int
+    """LM and Mimi parameters and buffers, as loaded (8-bit LM linears counted at 1 byte)."""
+    bytes_per_slot: int
+    slots: int
+    reserve_fraction: float
+
+    @property
+    def free_after_load(self) -> int:
+        return self.device_bytes - self.context_bytes - self.weight_bytes
+
+    @property
+    def slots_that_fit(self) -> int:
+        return max(0, math.floor(self.free_after_load * (1 - self.reserve_fraction)) // self.bytes_per_slot)
+
+    @property
+    def total(self) -> int:
+        return self.context_bytes + self.weight_bytes + self.slots * self.bytes_per_slot
+
+
+def check_replica_fits(
+    model: LoadedModel,
+    slots: int,
+    device_bytes: int,
+    *,
+    reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+    context_bytes: int = CUDA_CONTEXT_BYTES,
+    model_id: str | None = None,
+) -> ReplicaMemory:
+    """Whether `slots` slots of `model` fit a card of `device_bytes`, before holding one: the same
+    arithmetic `slots_for_memory` runs after loading, with the free memory predicted from the weights.
+
+    Works on a meta-device model (built and quantized without memory), so a profile can be checked
+    against a card it is not running on. Raises SlotsDoNotFit naming the numbers.
+    """
+    plan = ReplicaMemory(
+        device_bytes=device_bytes,
+        context_bytes=context_bytes,
+        weight_bytes=module_bytes(model.lm) + module_bytes(model.mimi),
+        bytes_per_slot=kv_cache_bytes_per_slot(model),
+        slots=slots,
+        reserve_fraction=reserve_fraction,
+    )
+    if plan.free_after_load <= 0 or plan.slots_that_fit < slots:
+        raise SlotsDoNotFit(
+            model_id=model_id,
+            requested=slots,
+            bytes_per_slot=plan.bytes_per_slot,
+            free_bytes=max(0, plan.free_after_load),
+            reserve_fraction=reserve_fraction,
+            weights=f"{weights_note(model)} On a {device_bytes / _GIB:.1f} GiB card, with "
+            f"{context_bytes / _GIB:.1f} GiB for the CUDA context.",
+        )
+    return plan
 
 
 def free_accelerator_bytes(device: torch.device) -> int | None:
@@ -210,6 +292,7 @@ def slots_for_memory(
         bytes_per_slot=per_slot,
         free_bytes=free_bytes,
         reserve_fraction=reserve_fraction,
+        weights=weights_note(model),
     )
     if requested == "auto":
         if fitting < 1:
@@ -237,8 +320,12 @@ def slots_for_tick_time(measure: Callable[[int], float], max_slots: int, budget_
         return measured[batch] <= budget_s
 
     if not fits(1):
-        logger.warning(
-            "one slot already takes %.1f ms per tick, over the %.1f ms budget: using 1 slot",
+        # Not an error: measured at start-up, when every replica on the node loads and warms up at once
+        # on the same cores; admission then judges the ticks the replica actually runs (engine/capacity.py).
+        logger.info(
+            "slots: auto sized to 1: one slot measured %.1f ms per tick at start-up (the other replicas "
+            "warming up beside it), over this replica's %.1f ms share of the frame; admissions follow the "
+            "ticks measured from now on",
             measured[1] * 1000,
             budget_s * 1000,
         )
@@ -289,7 +376,7 @@ def tick_budget_s(budget_fraction: float, device: torch.device, cpu_share: float
     step their engines side by side on the same cores, so each may use only its half of the time."""
     if not 0 < budget_fraction <= 1:
         raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction}")
-    budget = budget_fraction * FRAME_MS / 1000
+    budget = budget_fraction * FRAME_S
     if device.type == "cpu" and cpu_share is not None and cpu_share > 0:
         budget *= min(1.0, cpu_share)
     return budget

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.engine.voice_names import PERSONAPLEX_VOICES, TINY_VOICE_FRAMES
+
 
 class SamplingParams(BaseModel):
     """LMGen sampling knobs; the defaults are moshi's own (and the stock server's seed)."""
@@ -35,12 +37,21 @@ class ModelSpec(BaseModel):
     local_dir: Path | None = None
     tiny_seed: int | None = None
     """Embedded default: a generated tiny checkpoint (random weights), built once and cached."""
-    tiny_kind: Literal["moshi", "stt"] = "moshi"
+    tiny_kind: Literal["moshi", "stt", "personaplex"] = "moshi"
     """Which layout the tiny checkpoint has: Moshi's, or Kyutai STT's (text out, no generated audio)."""
+    model_type: Literal["moshi", "personaplex"] | None = None
+    """What a hub or local checkpoint is, where the ingress must know it without loading it:
+    "personaplex" (NVIDIA PersonaPlex: it takes a voice and a role-text prompt) gives the model voices
+    (`ModelConfig.voices`); checked against the checkpoint when it loads. A tiny checkpoint's is its
+    `tiny_kind`."""
     device: str = "auto"
     """"auto" picks cuda when available, else cpu."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """"auto" is bfloat16 on CUDA and float32 on CPU (no bf16 hardware on our CPUs)."""
+    quantize: Literal["none", "int8", "fp8"] = "none"
+    """Weight-only 8-bit storage of the LM's transformer linears, applied after loading
+    (serve_app/engine/quantize.py): half the weights' memory, so more slots per GPU. fp8 needs CUDA
+    compute capability 8.9 or newer; Mimi, the embeddings and the output heads stay as loaded."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -53,7 +64,15 @@ class ModelSpec(BaseModel):
             raise ValueError("revision is only meaningful with hf_repo")
         if "tiny_kind" in self.model_fields_set and self.tiny_seed is None:
             raise ValueError("tiny_kind is only meaningful with tiny_seed")
+        if self.model_type is not None and self.tiny_seed is not None:
+            raise ValueError("a tiny checkpoint's model_type is its tiny_kind")
         return self
+
+    @property
+    def persona(self) -> bool:
+        """Whether the checkpoint takes a persona prompt (PersonaPlex: voice and role text)."""
+        kind = self.tiny_kind if self.tiny_seed is not None else self.model_type
+        return kind == "personaplex"
 
 
 class RealtimeLimits(BaseModel):
@@ -83,6 +102,13 @@ class ModelConfig(BaseModel):
     """Upper bound for `slots: auto`, and the replica's Serve `max_ongoing_requests` in that case."""
     sampling: SamplingParams = SamplingParams()
     realtime: RealtimeLimits = RealtimeLimits()
+    voices: tuple[str, ...] | None = None
+    """A PersonaPlex model's voice prompts by name: what sessions may pick (None: the checkpoint's usual
+    set, the 18 of nvidia/personaplex-7b-v1 or the tiny checkpoint's three)."""
+    default_voice: str | None = None
+    """A PersonaPlex model's voice for a session that names none (None: NATF2, else its first by name)."""
+    default_instructions: str | None = None
+    """A PersonaPlex model's role text for a session that gives none (None: no role text)."""
 
     @field_validator("slots", mode="before")
     @classmethod
@@ -103,6 +129,34 @@ class ModelConfig(BaseModel):
         ):
             raise ValueError(f"slots {self.slots} exceeds max_slots {self.max_slots}")
         return self
+
+    @model_validator(mode="after")
+    def _persona_settings(self) -> ModelConfig:
+        given = [
+            name
+            for name in ("voices", "default_voice", "default_instructions")
+            if getattr(self, name) is not None
+        ]
+        if given and not self.spec.persona:
+            raise ValueError(
+                f"{', '.join(given)}: only a PersonaPlex model (spec.model_type: personaplex) has them"
+            )
+        if self.voices is not None and not self.voices:
+            raise ValueError("voices: a PersonaPlex model needs at least one voice")
+        voices = self.persona_voices()
+        if self.default_voice is not None and self.default_voice not in voices:
+            raise ValueError(
+                f"default_voice {self.default_voice!r} is not one of the voices: {', '.join(voices)}"
+            )
+        return self
+
+    def persona_voices(self) -> tuple[str, ...]:
+        """The voices sessions may pick: configured, else the checkpoint's usual set (empty: no prompt)."""
+        if not self.spec.persona:
+            return ()
+        if self.voices is not None:
+            return self.voices
+        return tuple(TINY_VOICE_FRAMES) if self.spec.tiny_seed is not None else PERSONAPLEX_VOICES
 
     def runner_options(self) -> dict[str, Any]:
         """Keyword arguments of `serve_app.engine.startup.start_runner` for this model."""

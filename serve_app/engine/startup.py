@@ -8,10 +8,13 @@ from typing import Literal
 
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.capacity import DEFAULT_ADMIT_FRACTION, TickBudget
+from serve_app.engine.lag_limit import DEFAULT_MAX_LAG_S
 from serve_app.engine.loader import CheckpointError, load_model
-from serve_app.engine.runner import DEFAULT_MAX_LAG_S, ClockedRunner, TickStats
+from serve_app.engine.persona_prompts import PersonaPrompts
+from serve_app.engine.runner import ClockedRunner
 from serve_app.engine.sizing import resolve_slots
 from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.engine.tick_stats import TickStats
 from serve_app.heap import freeze_heap
 
 logger = logging.getLogger(__name__)
@@ -41,6 +44,14 @@ def start_runner(
             f"{model.source}: {model_id or 'this model'} needs {wanted}, but its config.json has "
             f"model_type={model.model_type!r}, dep_q={model.lm.dep_q}"
         )
+    if spec.persona != bool(model.voices):
+        # The ingress judges sessions' voices by the configuration (serve_app/config.py ModelTraits).
+        raise CheckpointError(
+            f"{model.source}: {model_id or 'this model'} is configured as "
+            f"{'a PersonaPlex' if spec.persona else 'a'} model (spec.model_type), but the checkpoint "
+            f"{'has no' if spec.persona else 'has'} voice prompts (config.json model_type="
+            f"{model.model_type!r})"
+        )
     count = resolve_slots(model, slots, max_slots, sampling, model_id=model_id or None, cpu_share=cpu_share)
     engine = BatchedEngine(model, slots=count, sampling=sampling)
     engine.warmup()
@@ -49,6 +60,7 @@ def start_runner(
         on_tick=on_tick,
         max_lag_s=max_lag_s,
         budget=TickBudget(count, admit_fraction=admit_fraction),
+        prompts=PersonaPrompts.of(model, model_id or model.source),
     )
     runner.start()
     freeze_heap()

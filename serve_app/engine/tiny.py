@@ -3,7 +3,8 @@
 They let the whole stack run and be tested with no GPU and no network; they sound like noise. Two kinds:
 `moshi` (the speech-to-speech layout: text + 8 generated and 8 heard codebooks) and `stt` (Kyutai STT's
 layout: `model_type: stt`, no generated audio, dep_q 0, only heard codebooks, an `stt_config`); its text
-is random, but it runs the loader, LMGen and Mimi paths a real kyutai/stt checkpoint runs.
+is random, but it runs the loader, LMGen and Mimi paths a real kyutai/stt checkpoint runs. A third,
+`personaplex`, is built by serve_app/engine/tiny_persona.py.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ _PAD_LOGIT_GAIN = 30.0
 _SWITCH_PROB = 0.06
 _RESIDUAL_WRITERS = re.compile(r"(out_projs\.\d+|linear_out|linear2)$")
 """Linear layers whose output is added to the main residual stream (attention out, feed-forward out)."""
-TinyKind = Literal["moshi", "stt"]
+TinyKind = Literal["moshi", "stt", "personaplex"]
 
 # Kyutai STT's layout (kyutai/stt-1b-en_fr: n_q 32, dep_q 0) at toy size: every codebook is heard audio.
 _TINY_STT_OVERRIDES: dict[str, Any] = {"n_q": 8, "dep_q": 0, "delays": [0] * 9}
@@ -105,6 +106,10 @@ def build_tiny_checkpoint(directory: Path, seed: int, kind: TinyKind = "moshi") 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        if kind == "personaplex":  # its own module: it builds on the prompt code, which imports this one
+            from serve_app.engine.tiny_persona import build_tiny_personaplex
+
+            return build_tiny_personaplex(directory, seed)
         return _build(directory, seed) if kind == "moshi" else _build_stt(directory, seed)
     finally:
         torch.set_num_threads(threads)

@@ -9,7 +9,9 @@ between audio deltas, frame deficit and playback underruns inside Moshi's respon
   moshi-realtime-load --url ws://gpu-host:8000/v1/realtime --find-max --out max.json
   moshi-realtime-load --compare before.json after.json
 
-Exit status: 0 when the run held in real time (find-max: when N=1 did), 1 when not, 2 for bad arguments.
+Exit status: 0 when the run held in real time (find-max: when N=1 did), or when every session the server
+admitted held and it refused the others at once as full (`server_at_capacity`: a server at its capacity,
+as designed); 1 when not; 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -174,4 +176,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     _write(report, args)
     if steps is not None:
         return 0 if report["find_max"]["max_sessions"] > 0 else 1
-    return 0 if report["held"] else 1
+    return 0 if report["held"] or report["refused_only_as_full"] else 1

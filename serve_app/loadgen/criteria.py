@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from serve_app.loadgen.stats import Aggregate
 
@@ -42,3 +42,16 @@ def failures(agg: Aggregate, criteria: Criteria) -> list[str]:
     if criteria.audio_in_every_session and agg.sessions_without_audio:
         out.append(f"{agg.sessions_without_audio} admitted session(s) received no audio in the steady phase")
     return out
+
+
+FULL = "server_at_capacity"
+"""The server's own "this model is full": said at once, by design (README, "Full means full")."""
+
+
+def refused_only_as_full(agg: Aggregate, criteria: Criteria) -> bool:
+    """The run missed the criteria only because the server refused sessions as full (`server_at_capacity`),
+    while every session it admitted held in real time: the server doing what it should at its capacity
+    (`--find-max` measures that capacity)."""
+    if not agg.refused or agg.admitted == 0 or set(agg.refusals_by_code) != {FULL}:
+        return False
+    return not failures(agg, replace(criteria, all_admitted=False))

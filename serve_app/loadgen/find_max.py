@@ -82,7 +82,11 @@ async def find_max(
         run = await run_load(with_sessions(config, n), progress, events)
         step = Step(n, run, failures(run.aggregate, criteria))
         steps.append(step)
-        verdict = "held" if step.held else "failed: " + "; ".join(step.failures)
+        verdict = (
+            "held"
+            if step.held
+            else ("refused: " if run.aggregate.refused else "failed: ") + "; ".join(step.failures)
+        )
         progress.note(f"N={n}: {verdict}")
         n = search.record(n, step.held)
         if n is not None:

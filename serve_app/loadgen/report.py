@@ -7,7 +7,7 @@ import platform
 from dataclasses import asdict
 from typing import Any
 
-from serve_app.loadgen.criteria import Criteria, failures
+from serve_app.loadgen.criteria import FULL, Criteria, failures, refused_only_as_full
 from serve_app.loadgen.find_max import Step, largest_held
 from serve_app.loadgen.runner import LoadConfig, LoadRun
 from serve_app.loadgen.stats import SessionStats
@@ -50,6 +50,7 @@ def run_json(run: LoadRun, criteria: Criteria) -> dict[str, Any]:
         "steady_window_s": [run.window.start, run.window.end],
         "held": not fails,
         "failures": fails,
+        "refused_only_as_full": refused_only_as_full(run.aggregate, criteria),
         "aggregate": asdict(run.aggregate),
         "client_loop_lag_max_ms": run.client_loop_lag_max_ms,
         "server_status": run.server_status,
@@ -99,6 +100,12 @@ def build_report(
     return report
 
 
+def step_verdict(refused: int, fails: list[str]) -> str:
+    """A step that missed the criteria: "refused" when the server turned sessions away (it was full),
+    "failed" when the sessions it took did not keep real time."""
+    return ("refused: " if refused else "failed: ") + "; ".join(fails)
+
+
 def _fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}{unit}"
 
@@ -136,11 +143,18 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         )
     if "find_max" in report:
         for step in report["find_max"]["steps"]:
-            verdict = "held" if step["held"] else "failed: " + "; ".join(step["failures"])
+            verdict = "held" if step["held"] else step_verdict(step["aggregate"]["refused"], step["failures"])
             lines.append(f"N={step['sessions']:<4} {verdict}")
         lines.append(f"largest N that held in real time: {report['find_max']['max_sessions']}")
-    else:
+    elif report["held"]:
+        lines.append("held in real time")
+    elif report.get("refused_only_as_full"):
+        admitted, refused = agg["admitted"], agg["refused"]
         lines.append(
-            "held in real time" if report["held"] else "not real time: " + "; ".join(report["failures"])
+            f"held in real time for the {admitted} admitted session(s); the other {refused} were refused at "
+            f"once with {FULL}: the server is full at {admitted} session(s) of this model, as designed "
+            "(exit status 0; --find-max measures the largest N, --allow-refusals counts such a run as held)"
         )
+    else:
+        lines.append("not real time: " + "; ".join(report["failures"]))
     return lines

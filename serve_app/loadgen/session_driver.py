@@ -21,15 +21,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from serve_app.constants import BYTES_PER_SAMPLE_PCM16, SAMPLE_RATE
+from serve_app.constants import BYTES_PER_SAMPLE_PCM16, FRAME_S, SAMPLE_RATE
 from serve_app.loadgen.progress import Counters
 from serve_app.loadgen.record import Packet, SessionRecord
-from serve_app.loadgen.stats import FRAME_S
+from serve_app.protocol.errors import WS_1013_TRY_AGAIN_LATER
 
 AUDIO_DELTA = frozenset({"response.output_audio.delta", "response.audio.delta"})
 """GA and beta names: a server that answers in either dialect is measured alike."""
 AUDIO_DONE = frozenset({"response.output_audio.done", "response.audio.done"})
-WS_TRY_AGAIN_LATER = 1013
 WS_NO_CLOSE_FRAME = 1006
 CLOSE_TIMEOUT_S = 2.0
 PCM16_BYTES_PER_S = SAMPLE_RATE * BYTES_PER_SAMPLE_PCM16
@@ -185,7 +184,7 @@ class _Session:
         close = ws.close_code if ws.close_code is not None else WS_NO_CLOSE_FRAME
         if record.refusal is not None:
             return
-        if close == WS_TRY_AGAIN_LATER and not record.packets:
+        if close == WS_1013_TRY_AGAIN_LATER and not record.packets:
             self.refuse(f"close_{close}")
         else:
             record.closed_by_server = close

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve_app.constants import FRAME_MS
+from serve_app.constants import FRAME_S
 from serve_app.loadgen.record import Packet, SessionRecord
 
-FRAME_S = FRAME_MS / 1000
 GRACE_S = FRAME_S
 """A frame counts as due one frame after its real-time slot: delivery jitter below that is no deficit."""
 HISTOGRAM_BIN_MS = 10

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from serve_app.protocol.dialect import Dialect
 from serve_app.protocol.errors import ClientError
+from serve_app.protocol.json_object import JsonObject
 from serve_app.protocol.sdk_types import classes_by_type, literal_values, union_members
 
 CLIENT_EVENT_TYPES: Final[Mapping[Dialect, Mapping[str, type[BaseModel]]]] = {
@@ -37,7 +38,7 @@ def parse_client_event(dialect: Dialect, data: str | bytes) -> BaseModel:
         raise
 
 
-def _load_json(data: str | bytes) -> dict[str, Any]:
+def _load_json(data: str | bytes) -> JsonObject:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         obj = json.loads(text)
@@ -55,7 +56,7 @@ def _load_json(data: str | bytes) -> dict[str, Any]:
     return obj
 
 
-def _validate(dialect: Dialect, obj: dict[str, Any]) -> BaseModel:
+def _validate(dialect: Dialect, obj: JsonObject) -> BaseModel:
     event_type = obj.get("type")
     if not isinstance(event_type, str):
         raise ClientError("invalid_event", param="type", detail="Missing required parameter: 'type'.")
@@ -75,7 +76,7 @@ def _validate(dialect: Dialect, obj: dict[str, Any]) -> BaseModel:
         raise ClientError("invalid_event", param=param, detail=message) from None
 
 
-def _check_ga_session_type(session: dict[str, Any]) -> None:
+def _check_ga_session_type(session: JsonObject) -> None:
     # The GA types make session.type the union's discriminator; without it pydantic reports a
     # confusing error per union member, so say plainly what is wrong.
     session_type = session.get("type")
@@ -86,15 +87,10 @@ def _check_ga_session_type(session: dict[str, Any]) -> None:
             detail="Missing required parameter: 'session.type'. Set it to 'realtime' (clients of the "
             "flat beta session shape must connect with the 'OpenAI-Beta: realtime=v1' header).",
         )
-    if session_type == "transcription":
-        raise ClientError(
-            "invalid_session_update",
-            param="session.type",
-            detail="Transcription sessions are not supported by this server; use session.type 'realtime'.",
-        )
+    # "transcription" parses: whether it fits is the session's to say (its kind is fixed at connect).
 
 
-def explain(model: type[BaseModel], obj: dict[str, Any], exc: ValidationError) -> tuple[str | None, str]:
+def explain(model: type[BaseModel], obj: JsonObject, exc: ValidationError) -> tuple[str | None, str]:
     """(param, sentence) for the most useful validation error.
 
     For a field typed as a union of models (an item, a session), the member the data names by its

@@ -17,12 +17,11 @@ import numpy as np
 import numpy.typing as npt
 
 from serve_app.constants import SAMPLE_RATE
+from serve_app.pcm import float_to_pcm16 as float_to_pcm16  # the wire's PCM16, re-exported
+from serve_app.pcm import pcm16_to_float as pcm16_to_float
 
 G711_SAMPLE_RATE = 8000
 """G.711 is defined at 8 kHz; the Realtime API sends it at that rate."""
-
-_PCM16_SCALE = 32768.0
-"""Float ±1.0 ↔ int16 with one scale both ways, so int16 → float → int16 is exact."""
 
 
 class AudioFormat(StrEnum):
@@ -59,15 +58,6 @@ def decode_base64(text: str) -> bytes:
 
 def encode_base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def float_to_pcm16(pcm: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
-    scaled = np.rint(np.asarray(pcm, dtype=np.float64) * _PCM16_SCALE)
-    return np.clip(scaled, -32768, 32767).astype(np.int16)
-
-
-def pcm16_to_float(samples: npt.NDArray[np.int16]) -> npt.NDArray[np.float32]:
-    return (samples.astype(np.float32) / np.float32(_PCM16_SCALE)).astype(np.float32)
 
 
 def pcm16_from_bytes(data: bytes) -> npt.NDArray[np.int16]:

@@ -1,4 +1,5 @@
-"""The one table of error codes: each code's error type and the sentence a user reads.
+"""The one table of error codes: each code's error type and the sentence a user reads, and the WebSocket
+close code of a session that one of them ends.
 
 Client mistakes use `invalid_request_error`; failures on our side use `server_error`. Two codes are
 deliberately the hosted service's benign ones: pipecat treats every `error` as fatal except
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
+
+from serve_app.protocol.json_object import JsonObject
 
 CLIENT_ERROR = "invalid_request_error"
 SERVER_ERROR = "server_error"
@@ -135,6 +138,35 @@ ERRORS: Final = MappingProxyType(
 )
 
 
+# WebSocket close codes (RFC 6455 §7.4.1), named as starlette.status names them (no Starlette here: no I/O).
+WS_1000_NORMAL_CLOSURE: Final = 1000
+WS_1008_POLICY_VIOLATION: Final = 1008
+WS_1011_INTERNAL_ERROR: Final = 1011
+WS_1013_TRY_AGAIN_LATER: Final = 1013
+
+CLOSE_CODES: Final = MappingProxyType(
+    {
+        # The client's doing (or its key's, origin's, pace's): retrying as it is will not help.
+        "invalid_api_key": WS_1008_POLICY_VIOLATION,
+        "model_not_found": WS_1008_POLICY_VIOLATION,
+        "too_many_sessions": WS_1008_POLICY_VIOLATION,
+        "origin_not_allowed": WS_1008_POLICY_VIOLATION,
+        "client_too_slow": WS_1008_POLICY_VIOLATION,
+        "session_expired": WS_1008_POLICY_VIOLATION,
+        "idle_timeout": WS_1008_POLICY_VIOLATION,
+        # Load: a new session later may well be served.
+        "server_at_capacity": WS_1013_TRY_AGAIN_LATER,
+        "session_fell_behind": WS_1013_TRY_AGAIN_LATER,
+    }
+)
+"""How a session ended by an error code is closed; every other code closes it with 1011."""
+
+
+def close_code(code: str) -> int:
+    """The WebSocket close code for a session that ends with error `code`."""
+    return CLOSE_CODES.get(code, WS_1011_INTERNAL_ERROR)
+
+
 def render(code: str, **fields: Any) -> tuple[str, str]:
     """(error type, message) for a code; a KeyError here is a bug, not a client mistake."""
     spec = ERRORS[code]
@@ -159,7 +191,7 @@ class ClientError(Exception):
 
 def error_payload(
     code: str, message: str, *, error_type: str, param: str | None = None, event_id: str | None = None
-) -> dict[str, Any]:
+) -> JsonObject:
     """The `error` server event (without its own event_id), same shape in both dialects."""
     return {
         "type": "error",

@@ -12,7 +12,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from serve_app.engine.port import EngineFrame
+from serve_app.config import ModelTraits
+from serve_app.engine.port import EngineFrame, Persona
 
 
 class GatewayError(Exception):
@@ -58,6 +59,23 @@ class SlotStream(Protocol):
         SessionFellBehind."""
         ...
 
+    async def set_persona(self, persona: Persona) -> None:
+        """Before the slot's first audio: who the model speaks as (voice prompt and role text; unset
+        fields take the model's defaults). The replica prefills the prompt between ticks; audio sent
+        meanwhile waits for it. No-op on a model without a prompt channel (`ModelTraits.prompt_channel`).
+        A persona the replica cannot prompt ends the session (SessionLost, from `frames()`)."""
+        ...
+
+    async def say(self, text: str) -> None:
+        """Scripted speech: the model says exactly `text` in its own voice, from its next step on (replacing
+        a running script). Its frames are `scripted` (their texts join to `text`); the last is
+        `script_done`."""
+        ...
+
+    async def stop_saying(self) -> None:
+        """Cancel the running script (no-op when none): no further frame is `scripted`."""
+        ...
+
     async def close(self) -> None:
         """Free the slot; idempotent."""
         ...
@@ -65,6 +83,11 @@ class SlotStream(Protocol):
 
 class ModelGateway(Protocol):
     def model_ids(self) -> list[str]: ...
+
+    def traits(self, model_id: str) -> ModelTraits:
+        """What the model's sessions may ask of it (voices, instructions), known without loading it; raises
+        ModelNotFound."""
+        ...
 
     async def is_ready(self) -> bool:
         """True once every model has warmed up."""

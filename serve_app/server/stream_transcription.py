@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from serve_app.asr.config import AsrConfig
+from serve_app.asr.config import AsrBackendConfig, AsrConfig
 from serve_app.asr.stream_turns import StreamTurns, TurnCompleted, TurnDelta, TurnEvent
 from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
 from serve_app.server.gateway import GatewayError, ModelGateway, SlotStream
@@ -45,7 +46,13 @@ class StreamingTranscription:
         asr: AsrConfig,
         session: RealtimeSession,
         flush: Callable[[], None],
+        fallback_model: str | None = None,
     ) -> None:
+        """`fallback_model`: the backend for a transcription model that names none (a transcription
+        session's: the one its URL named; None: the server's default)."""
+        self._fallback_model = fallback_model
+        self._opened: SlotStream | None = None
+        """A stream admitted with the session (a transcription session's), waiting for the pump to use."""
         self._gateway = gateway
         self._asr = asr
         self._backend = asr.streaming_backend
@@ -67,8 +74,9 @@ class StreamingTranscription:
         """Keep the committed turns this stream transcribes; return the others (for the turn-by-turn ASR)."""
         rest: list[TranscriptionRequest] = []
         for request in requests:
-            if not self._asr.backend_for(request.model).streaming:
-                rest.append(request)
+            backend = self.backend_for(request.model)
+            if not backend.streaming:
+                rest.append(dataclasses.replace(request, model=backend.id))
             elif self._turns is None:
                 reason = self._failure or "the streaming ASR has no slot for this session yet"
                 self._session.input_transcription_failed(request.item_id, reason)
@@ -79,6 +87,23 @@ class StreamingTranscription:
                     )
                 )
         return rest
+
+    def backend_for(self, model: str | None) -> AsrBackendConfig:
+        """The backend a transcription `model` picks: the one it names, else the fallback."""
+        named = {backend.id for backend in self._asr.backends}
+        return self._asr.backend_for(model if model in named else self._fallback_model)
+
+    def adopt(self, stream: SlotStream) -> None:
+        """A stream admitted with the session (a full ASR refused the session at once instead): the
+        pump uses it rather than opening one."""
+        self._opened = stream
+
+    async def aclose(self) -> None:
+        """The session ended: a stream admitted for it and never used is freed too."""
+        stream, self._opened = self._opened, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.close()
 
     def sync(self) -> None:
         """Open the stream when the session's transcription settings ask for it, close it when not."""
@@ -133,7 +158,8 @@ class StreamingTranscription:
     async def _serve(self, turns: StreamTurns) -> None:
         if self._gateway is None or self._backend is None:
             raise GatewayError(NO_STREAMING_ASR)
-        stream = await self._gateway.open_session(self._backend.id, self._session.session_id)
+        opened, self._opened = self._opened, None
+        stream = opened or await self._gateway.open_session(self._backend.id, self._session.session_id)
         if self._turns is not turns:  # turned off while admitting
             await stream.close()
             return
@@ -176,7 +202,7 @@ class StreamingTranscription:
         if asked is None or self._session.closed:
             return False
         model = asked.get("model")
-        return self._asr.backend_for(model if isinstance(model, str) else None).streaming
+        return self.backend_for(model if isinstance(model, str) else None).streaming
 
     def _notice_speech(self, turns: StreamTurns) -> None:
         speech = self._session.open_speech
@@ -211,6 +237,8 @@ class StreamingTranscription:
     def _end_stream(self) -> None:
         stream, self._stream = self._stream, None
         self._waiting_audio = []
-        if stream is not None:
-            task = asyncio.get_running_loop().create_task(stream.close())
-            task.add_done_callback(self._closed)
+        for ending in (stream, self._opened):
+            if ending is not None:
+                task = asyncio.get_running_loop().create_task(ending.close())
+                task.add_done_callback(self._closed)
+        self._opened = None

@@ -1,19 +1,37 @@
-"""The session configuration a client sees and sets (session.update), in one dialect-neutral form.
+"""The configuration a client sees and sets, in one dialect-neutral form: the session's (session.update)
+and each response's (session defaults + response.create overrides).
 
-Moshi honours the audio formats and output modality; the rest (instructions, tools, voice, sampling,
-transcription and turn-detection parameters) is kept and echoed so clients that set it keep working.
+Moshi honours the audio formats and output modality, and a prompted model (PersonaPlex) the instructions
+and voice (persona.py); the rest (tools, sampling, transcription and turn-detection parameters, and on stock
+Moshi instructions and voice) is kept and echoed so clients that set it keep working.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from serve_app.protocol.codecs import AudioFormat
+from serve_app.protocol.json_object import JsonObject
 from serve_app.session.settings import SessionSettings
 
-JsonObject = dict[str, Any]
+
+def voice_name(voice: str | dict[str, str]) -> str:
+    """The voice as a plain string: GA also allows a custom voice object {id}."""
+    return voice if isinstance(voice, str) else voice.get("id", "")
+
+
+class SessionKind(StrEnum):
+    """What a session is, fixed when it connects (the URL says): it decides what the session holds."""
+
+    REALTIME = "realtime"
+    """Speech to speech: a Moshi slot, responses, audio out."""
+    TRANSCRIPTION = "transcription"
+    """Input transcription only (`?intent=transcription`): an ASR slot or queue place, no Moshi, no
+    responses, no audio out (transcription_session.py)."""
 
 
 class TurnDetection(BaseModel):
@@ -95,5 +113,22 @@ class SessionConfig(BaseModel):
 
     @property
     def voice_name(self) -> str:
-        """The voice as a plain string (GA also allows a custom voice object {id})."""
-        return self.voice if isinstance(self.voice, str) else self.voice.get("id", "")
+        return voice_name(self.voice)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseOptions:
+    """What a response echoes, fixed when it is created (session config + response.create overrides)."""
+
+    conversation_id: str
+    audio_output: bool
+    output_format: AudioFormat
+    voice: str | dict[str, str]
+    temperature: float
+    max_output_tokens: int | Literal["inf"]
+    metadata: dict[str, str] | None = None
+
+    @property
+    def voice_name(self) -> str:
+        # Response objects type voice as a string in both dialects (no custom {id} object).
+        return voice_name(self.voice)

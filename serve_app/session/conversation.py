@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -18,8 +18,8 @@ from serve_app.constants import FRAME_MS, SAMPLE_RATE
 from serve_app.protocol.codecs import float_to_pcm16
 from serve_app.protocol.dialect import Dialect
 from serve_app.protocol.errors import ClientError
+from serve_app.protocol.json_object import JsonObject
 
-JsonObject = dict[str, Any]
 ROOT: Final = "root"
 """previous_item_id that places a client item first (beta semantics, harmless in GA)."""
 

@@ -2,24 +2,28 @@
 
 A response carries at most one utterance: one assistant message item with one content part (audio with
 its transcript, or text only). A client's response.create opens it before Moshi speaks (WAITING); the
-next utterance binds to it (STREAMING); an utterance with no waiting response gets a fresh one.
+next utterance binds to it (STREAMING); an utterance with no waiting response gets a fresh one. A
+scripted response (scripted.py) carries the client's text instead, bound by the first frame that says it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from serve_app.constants import FRAME_MS
 from serve_app.engine.port import EngineFrame
 from serve_app.protocol.audio_stream import AudioEncoder
-from serve_app.protocol.codecs import AudioFormat
 from serve_app.protocol.dialect import Dialect
-from serve_app.session.config_wire import ga_format
+from serve_app.protocol.json_object import JsonObject
+from serve_app.session.client_config import ga_format
+from serve_app.session.config import ResponseOptions
 from serve_app.session.conversation import AssistantItem
+from serve_app.session.settings import SessionSettings
 from serve_app.session.state import ResponseState, require
 
-JsonObject = dict[str, Any]
 FinalStatus = Literal["completed", "cancelled", "incomplete", "failed"]
 Reason = Literal["turn_detected", "client_cancelled", "max_output_tokens", "content_filter"]
 
@@ -28,21 +32,18 @@ CONTENT_INDEX = 0
 
 
 @dataclass(frozen=True, slots=True)
-class ResponseOptions:
-    """What a response echoes, fixed when it is created (session config + response.create overrides)."""
+class Deadlines:
+    """How long a response may go without Moshi: waiting for it to start speaking (counted in engine frames
+    and in clock time, whichever runs out first), and streaming without an engine frame (a stall)."""
 
-    conversation_id: str
-    audio_output: bool
-    output_format: AudioFormat
-    voice: str | dict[str, str]
-    temperature: float
-    max_output_tokens: int | Literal["inf"]
-    metadata: dict[str, str] | None = None
+    wait_frames: int
+    wait_ms: int
+    stall_ms: int
 
-    @property
-    def voice_name(self) -> str:
-        # Response objects type voice as a string in both dialects (no custom {id} object).
-        return self.voice if isinstance(self.voice, str) else self.voice.get("id", "")
+    @classmethod
+    def from_settings(cls, settings: SessionSettings) -> Deadlines:
+        wait_frames = math.ceil(settings.response_wait_ms / FRAME_MS)
+        return cls(wait_frames, settings.response_wait_ms, settings.response_stall_ms)
 
 
 class Response:
@@ -52,12 +53,17 @@ class Response:
         response_id: str,
         dialect: Dialect,
         options: ResponseOptions,
+        deadlines: Deadlines,
         emit: Callable[[JsonObject], None],
+        scripted: bool = False,
     ) -> None:
         self.id = response_id
         self.dialect = dialect
         self.options = options
+        self._deadlines = deadlines
         self._emit = emit
+        self.scripted = scripted
+        """It says a client's text (scripted.py), not an utterance of Moshi's own."""
         self._encoder = AudioEncoder(options.output_format)
         self.state = ResponseState.WAITING
         self.status: str = "in_progress"
@@ -66,12 +72,38 @@ class Response:
         self.frames = 0
         self.audio_deltas = 0
         self.text_deltas = 0
-        self.waited_frames = 0
+        self._waited_frames = 0
         """Engine frames seen while waiting for Moshi to speak."""
-        self.clock_mark_s: float | None = None
+        self._clock_mark_s: float | None = None
         """Clock tick that started the current deadline (the wait, or the silence of the engine)."""
-        self.fresh = False
+        self._fresh = False
         """An engine frame arrived since the last clock tick."""
+
+    # Deadlines -----------------------------------------------------------------------------------
+
+    def on_frame(self) -> bool:
+        """Moshi stepped an engine frame while this response was active (after the frame, as it left
+        the response); True when a waiting response has now waited all its frames."""
+        self._fresh = True
+        if self.state is not ResponseState.WAITING:
+            return False
+        self._waited_frames += 1
+        return self._waited_frames >= self._deadlines.wait_frames
+
+    def on_clock(self, now_s: float) -> bool:
+        """A clock tick; True when a deadline passed: still waiting after `wait_ms`, or streaming with no
+        engine frame for `stall_ms`. Deadlines start at the first tick that sees them, so they never
+        fire early."""
+        if self._clock_mark_s is None:
+            self._clock_mark_s, self._fresh = now_s, False
+            return False
+        elapsed_ms = (now_s - self._clock_mark_s) * 1000
+        if self.state is ResponseState.WAITING:
+            return elapsed_ms >= self._deadlines.wait_ms
+        if self._fresh:
+            self._clock_mark_s, self._fresh = now_s, False
+            return False
+        return elapsed_ms >= self._deadlines.stall_ms
 
     # Lifecycle -----------------------------------------------------------------------------------
 
@@ -94,7 +126,7 @@ class Response:
         require("add a frame to the response", self.state, ResponseState.STREAMING)
         assert self.item is not None
         text = frame.text
-        if text and not self.item.pieces:
+        if text and not self.item.pieces and not self.scripted:
             text = text.lstrip()  # Moshi's word-boundary space would otherwise open the transcript
         self.item.add_frame(frame.pcm, text or None)
         self.frames += 1

@@ -51,7 +51,8 @@ class SessionSettings(BaseModel):
     """Audio kept on items for `conversation.item.retrieve`; the oldest items lose theirs first."""
 
     default_voice: str = "alloy"
-    """Echoed as the session voice; Moshi has one voice of its own whatever is asked."""
+    """Echoed as the session voice; stock Moshi has one voice of its own whatever is asked (a PersonaPlex
+    model's sessions start with its own configured default voice instead: persona.py)."""
 
     default_instructions: str = ""
 

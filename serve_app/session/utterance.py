@@ -2,7 +2,9 @@
 
 Moshi always listens and may speak at any time; the turn-based protocol needs turns, so an utterance
 (and the response that carries it) ends after `silence_frames` consecutive non-speaking frames, which
-still belong to it, or after `max_frames` frames.
+still belong to it, or after `max_frames` frames. A client may stop the response carrying it while Moshi
+goes on speaking in the model: the utterance is then `muted`, and its frames stay off the wire until it
+ends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class Utterance:
         self._max_frames = max_frames
         self.frames = 0
         self.silent_run = 0
+        self.muted = False
+        """Its response was cancelled: the rest of it reaches no client."""
 
     def add(self, speaking: bool) -> UtteranceEnd | None:
         """Count one frame; says why the utterance ended with this frame, or None while it goes on."""

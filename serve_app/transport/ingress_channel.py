@@ -1,8 +1,10 @@
 """The ingress's end of the frame channel: one connection per model replica, shared by its sessions.
 
 Input audio of every session on the connection is coalesced into one AUDIO message per event-loop turn;
-each FRAMES message (one tick) is fanned out to the sessions' queues. When the connection drops, every
-session on it ends (`ChannelEnded` with reason `lost`): their state was on that replica.
+each FRAMES message (one tick) is fanned out to the sessions' queues. A session's persona and scripted
+speech go out in order with its audio (the audio queued before them is written first). When the
+connection drops, every session on it ends (`ChannelEnded` with reason `lost`): their state was on that
+replica.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import numpy.typing as npt
 
-from serve_app.engine.port import EngineFrame
+from serve_app.engine.port import EngineFrame, Persona
 from serve_app.transport import wire
 from serve_app.transport.address import ChannelAddress
 from serve_app.transport.reasons import EndReason
@@ -55,6 +57,23 @@ class ChannelSession:
             raise self._ended
         if not self._closed:
             self._channel._queue_audio(self.lease_id, pcm)
+
+    def set_persona(self, persona: Persona) -> None:
+        """Before the first audio: the replica prefills the persona's prompt, then steps the audio."""
+        self._control(wire.encode_persona(self.lease_id, persona))
+
+    def say(self, text: str) -> None:
+        self._control(wire.encode_say(self.lease_id, text))
+
+    def stop_saying(self) -> None:
+        if self._ended is None and not self._closed:
+            self._channel._send_in_order(wire.encode_stop_saying(self.lease_id))
+
+    def _control(self, message: bytes) -> None:
+        if self._ended is not None:
+            raise self._ended
+        if not self._closed:
+            self._channel._send_in_order(message)
 
     async def frames(self) -> AsyncIterator[EngineFrame]:
         while True:
@@ -157,6 +176,11 @@ class ReplicaChannel:
         leases, chunks = self._pending_leases, self._pending_audio
         self._pending_leases, self._pending_audio = [], []
         self._send(wire.encode_audio(leases, chunks))
+
+    def _send_in_order(self, message: bytes) -> None:
+        """A message about a lease, after the audio queued so far (the replica applies them in order)."""
+        self._flush()
+        self._send(message)
 
     def _release(self, lease_id: int) -> None:
         self._forget(lease_id)

@@ -4,6 +4,15 @@ A lease is one admitted session: a slot of the replica's ClockedRunner plus the 
 to. Each tick the runner thread hands the loop one batch; the loop writes one FRAMES message per
 connection. Connections come over a Unix socket from ingress replicas on the same node and over TCP from
 other nodes; each must open with the replica's token, which only admissions (over Ray) carry.
+
+A session resumed from another replica is admitted only if it also fits with its catch-up: it arrives
+behind real time by the input it missed (and misses more while its slot is rebuilt), and must step that
+backlog faster than real time beside the sessions already here (`TickBudget.resume_refusal`).
+
+A session's persona (PersonaPlex's voice and role-text prompt) and scripted speech arrive as messages on
+its connection, in order with its audio; the runner applies them (serve_app/engine/runner.py). A session
+with a persona prompt cannot be rebuilt elsewhere (its voice prompt is embeddings, not in the token
+history it keeps), so a draining replica keeps it to its end instead of asking it to move.
 """
 
 from __future__ import annotations
@@ -15,13 +24,17 @@ import logging
 import os
 import secrets
 import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve_app.engine.errors import FellBehind, SlotEnded, TickFailed
+from serve_app.engine.errors import FellBehind, SlotEnded, TickBudgetFull, TickFailed
 from serve_app.engine.history import ResumeWindow
 from serve_app.engine.port import EngineFrame
-from serve_app.engine.runner import ClockedRunner, ErrorCallback, FrameCallback, RebuiltCallback, TickStats
+from serve_app.engine.rebuild import SlotRebuild
+from serve_app.engine.runner import CATCH_UP_FRACTION, ClockedRunner
+from serve_app.engine.tick_stats import ErrorCallback, RebuiltCallback, TickOutput
 from serve_app.transport import wire
 from serve_app.transport.address import ChannelAddress
 from serve_app.transport.reasons import EndReason
@@ -34,6 +47,9 @@ MAX_WRITE_BUFFER_BYTES = 16 * 1024 * 1024
 HELLO_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 2.0
 """On close, how long open connections get to flush their last messages before they are cut."""
+REBUILD_GUESS_S = 0.5
+"""What a slot's rebuild is taken to last until this replica has rebuilt one (then: its last one). The
+tiny checkpoint on 2 CPU cores: 0.14 s for 1 s of history, 1.1 s for 240 s (docs/BENCHMARKS.md)."""
 
 
 @dataclass(eq=False)
@@ -43,6 +59,8 @@ class Lease:
     slot: int
     ended: asyncio.Future[EndReason]
     connection: _Connection | None = None
+    prompted: bool = False
+    """Its slot holds a persona prompt: it cannot move to another replica."""
 
 
 @dataclass(eq=False)
@@ -79,8 +97,6 @@ class ReplicaPort:
         self._ids = itertools.count(1)
         self._leases: dict[int, Lease] = {}
         self._by_slot: dict[int, Lease] = {}
-        self._tick_frames: list[tuple[int, EngineFrame]] = []
-        """Filled by the runner thread during a tick (its callbacks run one after another on it)."""
         self._loop = asyncio.get_running_loop()
         self._servers: list[asyncio.Server] = []
         self._handlers: dict[asyncio.Task[None], _Connection] = {}
@@ -88,7 +104,9 @@ class ReplicaPort:
         keeps the connections it accepted)."""
         self._dir: str | None = None
         self.address: ChannelAddress | None = None
-        runner.add_tick_listener(self._on_tick)
+        self.rebuild_s = REBUILD_GUESS_S
+        """How long the last rebuild of a resumed session's slot took here (wall time, s)."""
+        runner.add_output_listener(self._on_tick)
 
     async def start(self, tcp_host: str | None = None, tcp_port: int = 0) -> ChannelAddress:
         self._dir = tempfile.mkdtemp(prefix="moshi-rt-")
@@ -118,19 +136,41 @@ class ReplicaPort:
         on_rebuilt: RebuiltCallback | None = None,
     ) -> Lease:
         """Admit a session into a free slot: raises NoFreeSlot (or TickBudgetFull). With `resume`, the
-        session continues from another replica: its slot is rebuilt from the window first."""
+        session continues from another replica: its slot is rebuilt from the window first, and with
+        `check_budget` it must also have room to catch up on the input it missed."""
+        if check_budget and resume is not None:
+            self._judge_catch_up(resume)
         lease_id = next(self._ids)
         slot = self._runner.open_slot(
-            self._frame_callback(lease_id),
+            None,
             on_error=self._error_callback(lease_id),
+            tag=lease_id,  # the tick's output names the lease, not the slot (a slot is reused)
             check_budget=check_budget,
             resume=resume,
-            on_rebuilt=on_rebuilt,
+            on_rebuilt=self._rebuilt_callback(on_rebuilt),
         )
         lease = Lease(lease_id, session_id, slot, self._loop.create_future())
         self._leases[lease_id] = lease
         self._by_slot[slot] = lease
         return lease
+
+    def _judge_catch_up(self, resume: ResumeWindow) -> None:
+        """Refuse (TickBudgetFull) a resumed session whose backlog the ticks here leave no room to catch up:
+        the input it missed so far, plus what it misses while its slot is rebuilt."""
+        backlog_s = resume.pending_age_s + self.rebuild_s
+        refusal = self._runner.budget.resume_refusal(
+            self._runner.capacity(), backlog_s, catch_up_fraction=CATCH_UP_FRACTION
+        )
+        if refusal is not None:
+            raise TickBudgetFull(refusal)
+
+    def _rebuilt_callback(self, then: RebuiltCallback | None) -> RebuiltCallback:
+        def on_rebuilt(job: SlotRebuild) -> None:  # runner thread
+            self.rebuild_s = time.perf_counter() - job.started
+            if then is not None:
+                then(job)
+
+        return on_rebuilt
 
     def release(self, lease_id: int, reason: EndReason = EndReason.RELEASED, detail: str = "") -> None:
         """End a lease (idempotent): free its slot, tell its connection why unless the ingress asked."""
@@ -148,19 +188,12 @@ class ReplicaPort:
 
     def move_all(self, detail: str) -> int:
         """Tell every lease's ingress to continue its session elsewhere (the replica is draining), and
-        free the slots. Returns how many were told."""
-        leases = list(self._leases)
+        free the slots. Returns how many were told. A session with a persona prompt is not told: it
+        cannot be rebuilt elsewhere, so it stays until it ends (within the drain's grace period)."""
+        leases = [lease_id for lease_id, lease in self._leases.items() if not lease.prompted]
         for lease_id in leases:
             self.release(lease_id, EndReason.MOVED, detail)
         return len(leases)
-
-    def _frame_callback(self, lease_id: int) -> FrameCallback:
-        frames = self._tick_frames
-
-        def on_frame(frame: EngineFrame) -> None:  # runner thread
-            frames.append((lease_id, frame))
-
-        return on_frame
 
     def _error_callback(self, lease_id: int) -> ErrorCallback:
         def on_error(error: BaseException) -> None:  # runner thread
@@ -169,15 +202,11 @@ class ReplicaPort:
 
         return on_error
 
-    def _on_tick(self, stats: TickStats) -> None:  # runner thread, after the tick's frame callbacks
-        if not self._tick_frames:
-            return
-        batch = list(self._tick_frames)
-        self._tick_frames.clear()
+    def _on_tick(self, output: TickOutput) -> None:  # runner thread: the tick's frames, by lease id
         with contextlib.suppress(RuntimeError):  # the loop is gone: the replica is shutting down
-            self._loop.call_soon_threadsafe(self._dispatch, stats.duration_s, batch)
+            self._loop.call_soon_threadsafe(self._dispatch, output.stats.duration_s, output.frames)
 
-    def _dispatch(self, tick_s: float, batch: list[tuple[int, EngineFrame]]) -> None:
+    def _dispatch(self, tick_s: float, batch: Sequence[tuple[int, EngineFrame]]) -> None:
         """One FRAMES message per connection for this tick."""
         grouped: dict[_Connection, tuple[list[int], list[EngineFrame]]] = {}
         for lease_id, frame in batch:
@@ -236,6 +265,16 @@ class ReplicaPort:
             for lease_id in message.leases:
                 if lease_id in connection.leases:
                     self.release(lease_id)
+        elif isinstance(message, wire.SetPersona | wire.Say | wire.StopSaying):
+            lease = self._leases.get(message.lease) if message.lease in connection.leases else None
+            if lease is None:
+                self._refuse(connection, message.lease)
+            elif isinstance(message, wire.SetPersona):
+                lease.prompted = self._runner.set_persona(lease.slot, message.persona) or lease.prompted
+            elif isinstance(message, wire.Say):
+                self._runner.say(lease.slot, message.text)
+            else:
+                self._runner.stop_saying(lease.slot)
         else:
             raise wire.WireError(f"unexpected {type(message).__name__} from an ingress")
 

@@ -4,6 +4,8 @@ Every message is `u32 length | u8 kind | body` (little-endian). Audio is float32
 frames travel as one array of shape [n, FRAME_SAMPLES] with the sessions' lease ids beside it (frames of a
 text-only model carry no audio: a flag says which rows are present), then each frame's step records (the
 history a session keeps to be rebuilt elsewhere: serve_app/engine/history.py) as one int32 block.
+A session's persona and scripted speech travel as their own messages on the same connection, so they are
+applied in the order the session sent them relative to its audio.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from serve_app.constants import FRAME_SAMPLES
-from serve_app.engine.port import EngineFrame
+from serve_app.engine.port import EngineFrame, Persona
 
 Pcm = npt.NDArray[np.float32]
 
@@ -48,6 +50,26 @@ class Kind(IntEnum):
     """replica → ingress: one tick's output for every session of the pair."""
     ENDED = 7
     """replica → ingress: a lease ended on the replica's side (code + message)."""
+    PERSONA = 8
+    """ingress → replica: a lease's persona (voice, role text), before its first audio."""
+    SAY = 9
+    """ingress → replica: scripted speech for a lease (replaces its running script)."""
+    STOP_SAYING = 10
+    """ingress → replica: cancel a lease's running script."""
+
+
+class _FrameFlag:
+    """Bits of a frame's flags byte in a FRAMES message."""
+
+    SPEAKING = 1
+    TEXT = 2
+    AUDIO = 4
+    SCRIPTED = 8
+    SCRIPT_DONE = 16
+
+
+_PERSONA_VOICE = 1
+_PERSONA_INSTRUCTIONS = 2
 
 
 class WireError(Exception):
@@ -95,7 +117,24 @@ class Ended:
     message: str
 
 
-Message = Hello | Welcome | Attach | Release | Audio | Frames | Ended
+@dataclass(frozen=True, slots=True)
+class SetPersona:
+    lease: int
+    persona: Persona
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    lease: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopSaying:
+    lease: int
+
+
+Message = Hello | Welcome | Attach | Release | Audio | Frames | Ended | SetPersona | Say | StopSaying
 
 
 def _frame(kind: Kind, *parts: bytes) -> bytes:
@@ -141,11 +180,7 @@ def encode_frames(tick_s: float, leases: Sequence[int], frames: Sequence[EngineF
     for f in frames:
         if f.pcm.size not in (0, FRAME_SAMPLES):
             raise ValueError(f"a frame has {f.pcm.size} samples, not {FRAME_SAMPLES} or none")
-    flags = np.fromiter(
-        ((f.speaking << 0) | ((f.text is not None) << 1) | ((f.pcm.size > 0) << 2) for f in frames),
-        dtype="u1",
-        count=n,
-    )
+    flags = np.fromiter((_flags(f) for f in frames), dtype="u1", count=n)
     lengths = np.fromiter((len(t) for t in texts), dtype="<u4", count=n)
     with_audio = [f.pcm for f in frames if f.pcm.size]
     pcm = np.stack(with_audio).astype("<f4", copy=False) if with_audio else np.zeros(0, "<f4")
@@ -160,6 +195,35 @@ def encode_frames(tick_s: float, leases: Sequence[int], frames: Sequence[EngineF
         lengths.tobytes(), pcm.tobytes(), b"".join(texts), steps.tobytes(), _WIDTH.pack(width),
         records.tobytes(),
     )  # fmt: skip
+
+
+def _flags(frame: EngineFrame) -> int:
+    return (
+        _FrameFlag.SPEAKING * frame.speaking
+        | _FrameFlag.TEXT * (frame.text is not None)
+        | _FrameFlag.AUDIO * (frame.pcm.size > 0)
+        | _FrameFlag.SCRIPTED * frame.scripted
+        | _FrameFlag.SCRIPT_DONE * frame.script_done
+    )
+
+
+def encode_persona(lease: int, persona: Persona) -> bytes:
+    voice = (persona.voice or "").encode()
+    present = _PERSONA_VOICE * (persona.voice is not None) | _PERSONA_INSTRUCTIONS * (
+        persona.instructions is not None
+    )
+    instructions = (persona.instructions or "").encode()
+    return _frame(
+        Kind.PERSONA, _COUNT.pack(lease), bytes((present,)), _COUNT.pack(len(voice)), voice, instructions
+    )
+
+
+def encode_say(lease: int, text: str) -> bytes:
+    return _frame(Kind.SAY, _COUNT.pack(lease), text.encode())
+
+
+def encode_stop_saying(lease: int) -> bytes:
+    return _frame(Kind.STOP_SAYING, _COUNT.pack(lease))
 
 
 def encode_ended(lease: int, code: str, message: str) -> bytes:
@@ -245,7 +309,7 @@ def _decode(view: memoryview) -> Message:
         leases = body.ids(n)
         flags: npt.NDArray[np.uint8] = body.array("u1", n).astype(np.uint8)
         lengths = body.array("<u4", n)
-        rows = int(np.count_nonzero(flags & 4))
+        rows = int(np.count_nonzero(flags & _FrameFlag.AUDIO))
         pcm = body.array("<f4", rows * FRAME_SAMPLES).astype(np.float32).reshape(rows, FRAME_SAMPLES)
         text = bytes(body.take(int(lengths.sum())))
         steps = body.array("<u2", n)
@@ -254,14 +318,43 @@ def _decode(view: memoryview) -> Message:
         records = body.array("<i4", total * width).astype(np.int32).reshape(total, width)
         frames, at, row, step = [], 0, 0, 0
         for i in range(n):
-            piece = text[at : at + int(lengths[i])].decode() if flags[i] & 2 else None
+            flag = int(flags[i])
+            piece = text[at : at + int(lengths[i])].decode() if flag & _FrameFlag.TEXT else None
             at += int(lengths[i])
-            audio = pcm[row] if flags[i] & 4 else _NO_PCM
-            row += bool(flags[i] & 4)
+            audio = pcm[row] if flag & _FrameFlag.AUDIO else _NO_PCM
+            row += bool(flag & _FrameFlag.AUDIO)
             history = records[step : step + int(steps[i])] if steps[i] else _NO_RECORDS
             step += int(steps[i])
-            frames.append(EngineFrame(pcm=audio, text=piece, speaking=bool(flags[i] & 1), history=history))
+            frames.append(
+                EngineFrame(
+                    pcm=audio,
+                    text=piece,
+                    speaking=bool(flag & _FrameFlag.SPEAKING),
+                    history=history,
+                    scripted=bool(flag & _FrameFlag.SCRIPTED),
+                    script_done=bool(flag & _FrameFlag.SCRIPT_DONE),
+                )
+            )
         result = Frames(tick_s, leases, tuple(frames))
+    elif kind is Kind.PERSONA:
+        (lease,) = _COUNT.unpack(body.take(_COUNT.size))
+        present = body.take(1)[0]
+        (size,) = _COUNT.unpack(body.take(_COUNT.size))
+        voice = bytes(body.take(size)).decode()
+        instructions = bytes(body.rest()).decode()
+        if (not present & _PERSONA_VOICE and voice) or (not present & _PERSONA_INSTRUCTIONS and instructions):
+            raise WireError("a persona field marked absent has a value")
+        persona = Persona(
+            voice=voice if present & _PERSONA_VOICE else None,
+            instructions=instructions if present & _PERSONA_INSTRUCTIONS else None,
+        )
+        result = SetPersona(lease, persona)
+    elif kind is Kind.SAY:
+        (lease,) = _COUNT.unpack(body.take(_COUNT.size))
+        result = Say(lease, bytes(body.rest()).decode())
+    elif kind is Kind.STOP_SAYING:
+        (lease,) = _COUNT.unpack(body.take(_COUNT.size))
+        result = StopSaying(lease)
     else:
         (lease,) = _COUNT.unpack(body.take(_COUNT.size))
         code = bytes(body.take(body.take(1)[0])).decode()

@@ -25,6 +25,7 @@ const stats = {
   echoCancellation: null,
   errors: [],
   warnings: [],
+  randomWeights: [], // models the server says are random-weight checkpoints (`random_weights` in v1/models)
 };
 window.demoStats = stats;
 
@@ -152,9 +153,22 @@ async function loadModels() {
       }),
     );
     if (!body.data.length) reportError("The server lists no models.");
+    showRandomWeights(body.data.filter((m) => m.random_weights).map((m) => m.id));
   } catch (e) {
     reportError(`Could not list the models (GET v1/models): ${e.message}`);
   }
+}
+
+/** The embedded default's checkpoints are tiny and untrained: without this, their syllables look like a bug. */
+function showRandomWeights(ids) {
+  stats.randomWeights = ids;
+  const notice = $("notice");
+  notice.hidden = ids.length === 0;
+  notice.textContent = ids.length
+    ? `${ids.join(", ")}: tiny checkpoints with random weights (the server's embedded default). Moshi answers ` +
+      "with noise and random syllables, and its transcript is random text: that is expected. A server " +
+      "configured with the real weights (kyutai/moshiko-pytorch-bf16) answers in words."
+    : "";
 }
 
 // ---- one conversation ----
@@ -408,7 +422,20 @@ function stop(c = call) {
   if (call === c) {
     call = null;
     setVad("—", false);
+    endPendingLines();
     setState("idle");
+  }
+}
+
+/** A turn the user had started when the call stopped will not be transcribed: drop its empty line. */
+function endPendingLines() {
+  for (const [key, entry] of lines) {
+    if (!entry.p.classList.contains("pending")) continue;
+    entry.p.classList.remove("pending");
+    if (!entry.text.textContent) {
+      entry.p.remove();
+      lines.delete(key);
+    }
   }
 }
 

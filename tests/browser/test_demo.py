@@ -132,6 +132,9 @@ async def test_the_demo_talks_to_moshi_in_headless_chromium(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     console: list[str] = []
     async with demo_page(demo_server, tmp_path, console) as page:
+        # The server says its model is a random-weight checkpoint (v1/models): the page says so in words.
+        notice = await page.inner_text("#notice") if await page.is_visible("#notice") else ""
+        counters_open = await page.evaluate("() => document.querySelector('details').open")
         await page.fill("#api-key", API_KEY)  # sent as the `openai-insecure-api-key.` subprotocol
         await page.click("#talk")
         with contextlib.suppress(PlaywrightError):  # on timeout the assertions below say what is missing
@@ -140,6 +143,11 @@ async def test_the_demo_talks_to_moshi_in_headless_chromium(
         await page.screenshot(path=str(ARTIFACTS / "browser-demo.png"), full_page=True)
         await page.click("#talk")  # Stop
         stopped = await stats_of(page)
+        # A turn cut by Stop leaves no "You: …" waiting for a transcript that cannot come.
+        left_pending = await page.locator("#log p.pending").count()
+        empty_lines = await page.evaluate(
+            "() => [...document.querySelectorAll('#log .text')].filter((t) => !t.textContent).length"
+        )
     (ARTIFACTS / "browser-demo.json").write_text(json.dumps({"stats": stats, "console": console}, indent=2))
     detail = f"stats: {stats}; console: {console}"
     assert not stats["errors"], detail
@@ -150,6 +158,10 @@ async def test_the_demo_talks_to_moshi_in_headless_chromium(
     assert stats["userTranscriptChars"] > 0, f"the user's turn was not transcribed; {detail}"
     assert stats["contextRate"] and stats["echoCancellation"] is not None, detail
     assert stopped["state"] == "idle" and not stopped["errors"], f"stopping went wrong: {stopped}"
+    assert (left_pending, empty_lines) == (0, 0), "lines left waiting after Stop"
+    assert stats["randomWeights"] == ["moshi-sft"], stats
+    assert "moshi-sft" in notice and "random weights" in notice and "expected" in notice, notice
+    assert counters_open is False, "the debug counters are open by default"
     assert not [line for line in console if line.startswith(("error", "pageerror"))], console
 
 

@@ -13,7 +13,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.serve.schema import ServeDeploySchema
 
 from deployments.metrics import PREFIX
-from serve_app.config import EMBEDDED_MODELS, load_config
+from serve_app.config import EMBEDDED_MODELS, EMBEDDED_PERSONA_MODEL, load_config, model_traits
+from serve_app.engine.voice_names import PERSONAPLEX_VOICES, TINY_VOICE_FRAMES
 from serve_app.run import app_configs, exposure_warning, load_deploy_config
 from tests.fixtures.grafana import load_dashboard
 
@@ -45,8 +46,20 @@ def test_local_yaml_is_the_embedded_default_on_cpu() -> None:
     assert {m.id: m.spec.tiny_seed for m in config.models} == EMBEDDED_MODELS
     for model in config.models:
         assert _deployments(schema)[model.id].ray_actor_options.num_gpus == 0
+        if model.id == EMBEDDED_PERSONA_MODEL:
+            continue
         # Sized at load to the replica's share of the CPU, so a small machine holds what it can serve.
         assert (model.slots, model.max_slots) == ("auto", 4)
+    # The persona-capable model: tiny PersonaPlex, a fixed few slots, booking no CPU beyond the 2.0 the
+    # others book (Ray counts a 2-core machine's CPUs as 2.0).
+    persona = config.model(EMBEDDED_PERSONA_MODEL)
+    assert persona is not None and persona.spec.tiny_kind == "personaplex" and persona.slots == 2
+    booked = sum(d.ray_actor_options.num_cpus for d in _deployments(schema).values())
+    assert booked <= 2.0
+    traits = model_traits(persona)
+    assert traits.follows_instructions and traits.voices == tuple(TINY_VOICE_FRAMES)
+    assert traits.default_voice == "NATF0"  # no NATF2 among the tiny voices: the first by name
+    assert all(not model_traits(m).voices for m in config.models if m.id != EMBEDDED_PERSONA_MODEL)
     # `serve run configs/local.yaml` gets what `make serve` exports, from the file itself.
     env = schema.applications[0].runtime_env["env_vars"]
     assert env == {"HF_HUB_OFFLINE": "1"}
@@ -58,8 +71,15 @@ def test_production_yaml_uses_gpus_real_checkpoints_and_autoscaling() -> None:
     schema = load_deploy_config(ROOT / "configs" / "production.yaml")
     (config,) = app_configs(schema)
     assert config.model("moshi-sft") is not None
+    persona = config.model("personaplex")
+    assert persona is not None and persona.spec.hf_repo == "nvidia/personaplex-7b-v1"
+    traits = model_traits(persona)
+    assert traits.voices == PERSONAPLEX_VOICES and len(traits.voices) == 18
+    assert traits.default_voice == "NATF2" and traits.follows_instructions
+    assert traits.default_instructions and traits.default_instructions.startswith("You are")
     for model in config.models:
-        assert model.spec.hf_repo is not None and model.spec.hf_repo.startswith("kyutai/")
+        assert model.spec.hf_repo is not None
+        assert model.spec.hf_repo.startswith("kyutai/") or model is persona
         dep = _deployments(schema)[model.id]
         assert dep.ray_actor_options.num_gpus == 1
         auto = dep.autoscaling_config
@@ -68,6 +88,35 @@ def test_production_yaml_uses_gpus_real_checkpoints_and_autoscaling() -> None:
         slots = model.max_slots if model.slots == "auto" else model.slots
         assert auto["target_ongoing_requests"] < slots
         assert dep.graceful_shutdown_timeout_s >= 600
+
+
+def test_persona_settings_belong_to_a_persona_model_and_name_its_voices() -> None:
+    from pydantic import ValidationError
+
+    from serve_app.config import ModelConfig
+
+    with pytest.raises(ValidationError, match="only a PersonaPlex model"):
+        ModelConfig.model_validate({"id": "m", "spec": {"hf_repo": "kyutai/x"}, "voices": ["A"]})
+    with pytest.raises(ValidationError, match="not one of the voices"):
+        ModelConfig.model_validate(
+            {"id": "p", "spec": {"local_dir": "/p", "model_type": "personaplex"}, "default_voice": "NOPE"}
+        )
+    with pytest.raises(ValidationError, match="tiny_kind"):
+        ModelConfig.model_validate({"id": "t", "spec": {"tiny_seed": 1, "model_type": "personaplex"}})
+    mine = ModelConfig.model_validate(
+        {"id": "p", "spec": {"local_dir": "/p", "model_type": "personaplex"}, "voices": ["B", "A"]}
+    )
+    assert model_traits(mine).voices == ("B", "A") and model_traits(mine).default_voice == "A"
+
+
+def test_the_voice_names_the_ingress_knows_are_the_engines() -> None:
+    """The ingress judges voices without loading a model (serve_app/engine/voice_names.py, torch-free)."""
+    from serve_app.engine import personaplex, tiny_persona, voice_names
+
+    assert voice_names.DEFAULT_VOICE == personaplex.DEFAULT_VOICE
+    assert tiny_persona.TINY_VOICES == voice_names.TINY_VOICE_FRAMES
+    assert voice_names.default_voice(voice_names.PERSONAPLEX_VOICES) == "NATF2"
+    assert voice_names.default_voice(["VARM1", "NATM3"]) == "NATM3" and voice_names.default_voice([]) is None
 
 
 def test_args_without_models_mean_the_embedded_default() -> None:

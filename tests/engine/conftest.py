@@ -28,6 +28,17 @@ def tiny_model(tiny_dir: Path) -> LoadedModel:
     return load_model(ModelSpec(local_dir=tiny_dir, device="cpu"))
 
 
+@pytest.fixture(scope="session")
+def tiny_persona_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny PersonaPlex checkpoint (16-step depformer, voices.tgz) in the real file layout."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-persona") / "ckpt", TINY_SEED, "personaplex")
+
+
+@pytest.fixture(scope="session")
+def tiny_persona(tiny_persona_dir: Path) -> LoadedModel:
+    return load_model(ModelSpec(local_dir=tiny_persona_dir, device="cpu"))
+
+
 @pytest.fixture(autouse=True)
 def _tiny_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Never touch the user's ~/.cache from tests.

@@ -7,6 +7,8 @@ import pytest
 
 from serve_app.constants import FRAME_SAMPLES
 from serve_app.engine.history import MAX_PENDING_S, HistoryLost, HistorySpec, SessionHistory
+from serve_app.protocol.audio_stream import AudioDecoder
+from serve_app.protocol.codecs import AudioFormat, encode_base64, pcm16_to_bytes
 
 SMALL = HistorySpec(record_width=3, context_frames=5, audio_frames=2)
 MOSHI = HistorySpec(record_width=17, context_frames=3000, audio_frames=125)
@@ -29,8 +31,25 @@ def test_the_window_holds_the_last_context_records_in_order() -> None:
     assert window.steps == 8
     np.testing.assert_array_equal(window.records[:, 0], [3, 4, 5, 6, 7])
     # The last two stepped frames of audio (PCM16 precision), nothing pending.
-    np.testing.assert_allclose(window.audio, np.concatenate([frame(0.6), frame(0.7)]), atol=1 / 32767)
+    np.testing.assert_allclose(window.audio, np.concatenate([frame(0.6), frame(0.7)]), atol=1 / 32768)
     assert window.pending.size == 0 and window.pending_age_s == 0.0
+
+
+def test_a_rebuilt_slot_is_fed_bit_for_bit_the_pcm16_audio_the_live_slot_stepped() -> None:
+    """Wire PCM16 → the float the live slot steps → the history's PCM16 → the float a rebuild steps: the
+    same bits (one PCM16 scale in both layers; with 32767 in one and 32768 in the other they drifted)."""
+    rng = np.random.default_rng(7)
+    wire = rng.integers(-32768, 32768, 3 * FRAME_SAMPLES).astype(np.int16)
+    wire[:4] = [-32768, 32767, 16384, -1]  # the extremes, and values the old 32767 scale moved
+    stepped = AudioDecoder(AudioFormat.PCM16).decode(encode_base64(pcm16_to_bytes(wire)))
+    history = SessionHistory(HistorySpec(record_width=3, context_frames=5, audio_frames=5))
+    history.add_input(stepped[: 2 * FRAME_SAMPLES + 100], now=0.0)
+    history.add_input(stepped[2 * FRAME_SAMPLES + 100 :], now=0.5)
+    history.add_records(records(0, 2))
+    window = history.window(now=1.0)
+    assert window.audio.dtype == window.pending.dtype == np.float32
+    assert window.audio.tobytes() == stepped[: 2 * FRAME_SAMPLES].tobytes()
+    assert window.pending.tobytes() == stepped[2 * FRAME_SAMPLES :].tobytes()
 
 
 def test_input_not_stepped_yet_is_pending_with_the_age_of_its_oldest_chunk() -> None:
@@ -40,7 +59,7 @@ def test_input_not_stepped_yet_is_pending_with_the_age_of_its_oldest_chunk() -> 
     history.add_input(frame(0.3)[:1000], now=1.5)
     window = history.window(now=4.0)
     assert window.steps == 1
-    np.testing.assert_allclose(window.pending[:FRAME_SAMPLES], frame(0.2), atol=1 / 32767)
+    np.testing.assert_allclose(window.pending[:FRAME_SAMPLES], frame(0.2), atol=1 / 32768)
     assert window.pending.size == FRAME_SAMPLES + 1000
     # The chunk holding the first pending sample came at 1.0.
     assert window.pending_age_s == pytest.approx(3.0)

@@ -15,8 +15,9 @@ from serve_app.engine.errors import FellBehind, TickBudgetFull, TickFailed
 from serve_app.engine.history import SessionHistory
 from serve_app.engine.loader import LoadedModel
 from serve_app.engine.port import EngineFrame
-from serve_app.engine.runner import ClockedRunner, TickStats
+from serve_app.engine.runner import ClockedRunner
 from serve_app.engine.spec import SamplingParams
+from serve_app.engine.tick_stats import TickOutput, TickStats
 from tests.engine.support import noise
 
 
@@ -131,6 +132,50 @@ def test_close_and_reopen(runner: ClockedRunner) -> None:
     second.wait_frames(3)
     assert len(first.frames) == seen  # nothing for the old session after close_slot returned
     runner.close_slot(again)
+
+
+def test_only_ticks_that_stepped_a_slot_count() -> None:
+    """The one rule the runner's stats, the replica's metrics and its tick durations all read."""
+    assert not TickStats(duration_s=0.001, active_slots=2, stepped_slots=0, late=False).counts
+    assert TickStats(duration_s=0.09, active_slots=2, stepped_slots=1, late=True).counts
+
+
+def test_tagged_slots_hand_a_ticks_frames_over_once_by_tag(runner: ClockedRunner) -> None:
+    """A slot opened with a tag has no frame callback: its frames come in the tick's one `TickOutput`, named
+    by the tag, so a slot reused by another session cannot take the old session's frames."""
+    outputs: list[TickOutput] = []
+    arrived = threading.Condition()
+
+    def on_output(output: TickOutput) -> None:
+        with arrived:
+            outputs.append(output)
+            arrived.notify_all()
+
+    def tagged(tag: int) -> int:
+        return sum(t == tag for output in outputs for t, _ in output.frames)
+
+    runner.add_output_listener(on_output)
+    with pytest.raises(ValueError, match="either"):
+        runner.open_slot(None)
+    inbox = Inbox()
+    beside = runner.open_slot(inbox.on_frame)
+    slot = runner.open_slot(None, tag=7)
+    runner.push(beside, noise(6, seed=11))
+    runner.push(slot, noise(4, seed=12))
+    with arrived:
+        assert arrived.wait_for(lambda: tagged(7) >= 3, 20.0), outputs
+    runner.close_slot(slot)
+    assert runner.open_slot(None, tag=8) == slot  # the same slot, another session
+    runner.push(slot, noise(4, seed=13))
+    with arrived:
+        assert arrived.wait_for(lambda: tagged(8) >= 3, 20.0), outputs
+    runner.close_slot(slot)
+    runner.close_slot(beside)
+    assert tagged(7) <= 4 and inbox.frames  # the callback slot's frames went to its callback only
+    for output in outputs:
+        tags = [t for t, _ in output.frames]
+        assert output.stats.counts and len(tags) == len(set(tags)) and set(tags) <= {7, 8}
+        assert all(frame.pcm.shape == (FRAME_SAMPLES,) for _, frame in output.frames)
 
 
 def test_full_runner_raises(runner: ClockedRunner) -> None:

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from serve_app.constants import FRAME_S
 from serve_app.loadgen import Criteria, LoadConfig, LoadRun, run_load
 from serve_app.loadgen.cli import main
 from serve_app.loadgen.find_max import MaxSearch, find_max
 from serve_app.loadgen.plots import write_plots
 from serve_app.loadgen.report import build_report, summary_lines
-from serve_app.loadgen.stats import FRAME_S
 from tests.fixtures.net import free_port
 from tests.server.conftest import RunningServer
 

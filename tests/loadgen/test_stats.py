@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+from serve_app.constants import FRAME_S
 from serve_app.loadgen.compare import compare_reports
 from serve_app.loadgen.criteria import Criteria, failures
 from serve_app.loadgen.find_max import MaxSearch
@@ -13,7 +14,6 @@ from serve_app.loadgen.record import Packet, SessionRecord
 from serve_app.loadgen.server_status import status_url
 from serve_app.loadgen.session_driver import base64_size, output_bytes_per_second, realtime_url
 from serve_app.loadgen.stats import (
-    FRAME_S,
     Window,
     aggregate,
     frame_deficit,

@@ -97,13 +97,6 @@ def reject(dialect: Dialect, message: str | bytes) -> ClientError:
         ),
         (
             Dialect.GA,
-            '{"type": "session.update", "session": {"type": "transcription"}}',
-            "invalid_session_update",
-            "session.type",
-            None,
-        ),
-        (
-            Dialect.GA,
             '{"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"format": '
             '{"type": "audio/pcm", "rate": 16000}}}}}',
             "invalid_event",

@@ -6,7 +6,17 @@ import pytest
 from openai.types import realtime as ga
 from openai.types.beta import realtime as beta
 
-from serve_app.protocol.errors import ERRORS, ClientError, error_payload, render
+from serve_app.protocol.errors import (
+    CLOSE_CODES,
+    ERRORS,
+    WS_1008_POLICY_VIOLATION,
+    WS_1011_INTERNAL_ERROR,
+    WS_1013_TRY_AGAIN_LATER,
+    ClientError,
+    close_code,
+    error_payload,
+    render,
+)
 
 REQUIRED = {
     "invalid_json",
@@ -47,6 +57,13 @@ def test_every_entry_renders(code: str) -> None:
     assert message
     if code in SERVER_SIDE:
         assert not fields, "the shell renders these with fail(code) and no fields"
+
+
+def test_every_close_code_belongs_to_an_error_code_and_the_rest_close_with_1011() -> None:
+    assert set(CLOSE_CODES) <= set(ERRORS)
+    assert close_code("server_at_capacity") == WS_1013_TRY_AGAIN_LATER == 1013  # clients retry on 1013
+    assert close_code("invalid_api_key") == WS_1008_POLICY_VIOLATION == 1008
+    assert close_code("session_lost") == close_code("server_error") == WS_1011_INTERNAL_ERROR == 1011
 
 
 def test_hosted_service_sentences_are_kept() -> None:

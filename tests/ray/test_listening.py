@@ -10,6 +10,7 @@ import base64
 import time
 from typing import Any
 
+import httpx
 import ray
 from openai import AsyncOpenAI
 from ray import serve
@@ -155,3 +156,61 @@ async def test_a_killed_asr_replica_fails_turns_in_words_and_transcription_comes
         events = await events_until(conn, (TRANSCRIBED, FAILED), 1, timeout=90)
     outcome = next(e for e in events if e.type in (TRANSCRIBED, FAILED))
     assert outcome.type == TRANSCRIBED and word_error_rate([known[0].text], [outcome.transcript]) < 0.5
+
+
+async def test_transcription_sessions_caption_the_fixture_without_a_moshi_slot(cluster: Cluster) -> None:
+    """`?intent=transcription` over the Ray app: pocketsphinx (the default) captions the four sentences
+    under 15 % WER while /v1/status shows the session and no Moshi slot held for it; the streaming backend
+    named on the URL sends text before each turn's speech_stopped."""
+    known = sentences()
+    client = AsyncOpenAI(api_key="sk-test", websocket_base_url=cluster.ws_base)
+
+    def moshi_sessions(body: dict[str, Any]) -> int:
+        models = body["models"].values()
+        return sum(
+            replica["sessions_from_this_ingress"] for replicas in models for replica in replicas.values()
+        )
+
+    async with httpx.AsyncClient() as http:
+        before = moshi_sessions((await http.get(f"{cluster.http_base}/v1/status")).json())
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            created = await asyncio.wait_for(conn.recv(), 15)
+            assert created.type == "session.created" and created.session.type == "transcription"
+            await send_fixture(conn, sentences_pcm16())
+            events = await events_until(conn, (TRANSCRIBED, FAILED), len(known), timeout=90)
+            during = (await http.get(f"{cluster.http_base}/v1/status")).json()
+    assert during["transcription"]["sessions"] == {"pocketsphinx": 1}
+    assert moshi_sessions(during) == before
+    assert not [e for e in events if e.type in (FAILED, "error")]
+    committed = [e.item_id for e in events if e.type == "input_audio_buffer.committed"]
+    transcripts = {e.item_id: e.transcript for e in events if e.type == TRANSCRIBED}
+    hypotheses = [transcripts[item_id] for item_id in committed]
+    wer = word_error_rate([s.text for s in known], hypotheses)
+    print(f"transcription session over the Ray app: WER {wer:.1%}: {hypotheses}")
+    assert len(hypotheses) == len(known) and wer <= MAX_WER, (wer, hypotheses)
+
+    two = known[:2]
+    pcm = sentences_pcm16()[: (two[-1].end_ms + 200) * 48] + bytes(2 * 24_000 * 3 // 2)
+    async with client.realtime.connect(model=STREAMING_ASR, extra_query={"intent": "transcription"}) as conn:
+        created = await asyncio.wait_for(conn.recv(), 15)
+        assert created.session.audio.input.transcription.model == STREAMING_ASR
+        step, began = 2 * FRAME_SAMPLES, time.monotonic()
+        arrivals: list[tuple[Any, float]] = []
+
+        async def paced() -> None:
+            for index, at in enumerate(range(0, len(pcm), step)):
+                await asyncio.sleep(max(0.0, began + 0.08 * index - time.monotonic()))
+                await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[at : at + step]).decode())
+
+        sender = asyncio.create_task(paced())
+        deadline = time.monotonic() + 60
+        while sum(e.type in (TRANSCRIBED, FAILED) for e, _ in arrivals) < len(two):
+            event = await asyncio.wait_for(conn.recv(), max(0.1, deadline - time.monotonic()))
+            arrivals.append((event, time.monotonic()))
+        sender.cancel()
+    assert not [e for e, _ in arrivals if e.type in (FAILED, "error")]
+    stops = [(e, t) for e, t in arrivals if e.type == "input_audio_buffer.speech_stopped"]
+    assert len(stops) == len(two)
+    for stop, stopped_at in stops:
+        deltas = [(e, t) for e, t in arrivals if e.type == DELTA and e.item_id == stop.item_id]
+        assert deltas and deltas[0][1] < stopped_at, f"no text before speech_stopped of {stop.item_id}"

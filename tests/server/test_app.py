@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -27,6 +28,19 @@ def test_models_lists_configured_ids(local_server: RunningServer) -> None:
     body = httpx.get(f"{local_server.http_base}/v1/models").json()
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == ["moshi-sft", "moshi-base"]
+
+
+def test_models_say_they_are_random_weights_when_they_are(local_server: RunningServer) -> None:
+    body = httpx.get(f"{local_server.http_base}/v1/models").json()
+    tiny = {m.id: m.spec.tiny_seed is not None for m in local_server.config.models}
+    assert tiny == {"moshi-sft": True, "moshi-base": True}
+    assert {m["id"]: m["random_weights"] for m in body["data"]} == tiny
+
+
+def test_status_gives_each_figure_its_age(local_server: RunningServer) -> None:
+    body = httpx.get(f"{local_server.http_base}/v1/status").json()
+    local = body["models"]["moshi-sft"]["local"]
+    assert local["age_s"] == 0.0 and local["reported_at"] == "now" and "slots_used" in local
 
 
 def test_healthz_is_ok_once_models_warmed_up(local_server: RunningServer) -> None:
@@ -77,17 +91,27 @@ async def test_api_keys_enforced_when_configured(
         assert (await _next_event(ws))["type"] == "session.created"
 
 
-async def test_full_model_rejects_at_once(local_server: RunningServer) -> None:
+async def test_full_model_rejects_at_once(
+    local_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
     slots = local_server.config.model("moshi-base")
     assert slots is not None
     holders = [await websockets.connect(_url(local_server, model="moshi-base")) for _ in range(slots.slots)]
     try:
         for ws in holders:
             assert (await _next_event(ws))["type"] == "session.created"
+        caplog.set_level(logging.DEBUG, logger="serve_app.server")
+        caplog.clear()
         async with websockets.connect(_url(local_server, model="moshi-base")) as ws:
             event = await _next_event(ws, timeout=2)
             assert event["type"] == "error"
             assert event["error"]["code"] == "server_at_capacity"
+            # Logged once, at INFO, with the session, the model and why.
+            refusals = [r for r in caplog.records if "refus" in r.getMessage() or "reject" in r.getMessage()]
+            assert [r.levelno for r in refusals] == [logging.INFO], [r.getMessage() for r in refusals]
+            (refusal,) = refusals
+            assert refusal.getMessage().startswith("session rejected: server_at_capacity (moshi-base: ")
+            assert refusal.model == "moshi-base" and refusal.session_id.startswith("sess_")
             with pytest.raises(websockets.ConnectionClosed):
                 await ws.recv()
             assert ws.close_code == 1013

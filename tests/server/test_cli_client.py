@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app.client.cli import main, write_pcm16
+from serve_app.client.cli import main, status_label, write_pcm16
 from serve_app.constants import SAMPLE_RATE
 from tests.fixtures.audio import speech_like, to_pcm16
 from tests.server.conftest import RunningServer
@@ -44,6 +44,14 @@ def test_cli_streams_a_wav_and_saves_moshis_audio(
     assert np.abs(pcm).max() > 0
     summary = out.rstrip().splitlines()[-1]
     assert summary.startswith(("1 response", "2 response", "3 response")) and "wrote 12.00 s" in summary
+
+
+def test_a_reply_cut_by_barge_in_says_so() -> None:
+    barge_in = "cancelled: you spoke over Moshi (server VAD barge-in)"
+    assert status_label("cancelled", "turn_detected") == barge_in
+    assert status_label("cancelled", "client_cancelled") == "cancelled: this client cancelled it"
+    assert status_label("incomplete", "content_filter") == "incomplete: content_filter"
+    assert status_label("completed", None) == "completed"
 
 
 def test_cli_says_in_words_when_no_server_listens(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from serve_app.config import AppConfig, ModelConfig, RealtimeLimits
-from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.constants import FRAME_S, FRAME_SAMPLES
 from serve_app.engine.spec import ModelSpec
 from serve_app.protocol.codecs import encode_base64
 from serve_app.session.settings import SessionSettings
@@ -24,7 +24,6 @@ from tests.server.conftest import RunningServer, serve_in_process
 
 KEY = "sk-limits"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")

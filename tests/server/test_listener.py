@@ -54,9 +54,11 @@ async def test_a_vad_fault_costs_the_session_its_turn_detection_not_the_session(
     from serve_app.session.session import RealtimeSession
     from serve_app.session.settings import SessionSettings
 
-    session = RealtimeSession(session_id="s", model_id="m", dialect=Dialect.GA, settings=SessionSettings())
+    session = RealtimeSession(
+        session_id="s", model_id="m", dialect=Dialect.GA, settings=SessionSettings(), now_epoch_s=0.0
+    )
     session.connect()
-    session.data_to_send()
+    session.events_to_send()
     calls = 0
 
     def broken(self: VadStream, pcm: np.ndarray) -> None:
@@ -73,7 +75,7 @@ async def test_a_vad_fault_costs_the_session_its_turn_detection_not_the_session(
             await asyncio.sleep(0.2)
     finally:
         running.cancel()
-    errors = [json.loads(text)["error"] for text in session.data_to_send()]
+    errors = [json.loads(event.text)["error"] for event in session.events_to_send()]
     assert [e["code"] for e in errors] == ["server_vad_failed"] and errors[0]["type"] == "server_error"
     assert "input_audio_buffer.commit" in errors[0]["message"]
     assert calls == 1 and not session.closed  # told once, VAD off for it, the session goes on

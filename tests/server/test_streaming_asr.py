@@ -15,7 +15,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from serve_app.constants import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.constants import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE
 from serve_app.protocol.codecs import encode_base64
 from tests.fixtures.speech import sentences, sentences_pcm16
 from tests.server.conftest import STREAMING_ASR, RunningServer
@@ -43,7 +43,7 @@ async def send_paced(ws: ClientConnection, pcm: bytes) -> None:
     step = 2 * FRAME_SAMPLES
     began = time.monotonic()
     for index, at in enumerate(range(0, len(pcm), step)):
-        await asyncio.sleep(max(0.0, began + index * FRAME_MS / 1000 - time.monotonic()))
+        await asyncio.sleep(max(0.0, began + index * FRAME_S - time.monotonic()))
         await ws.send(
             json.dumps({"type": "input_audio_buffer.append", "audio": encode_base64(pcm[at : at + step])})
         )

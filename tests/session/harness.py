@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin
 
 import numpy as np
 from openai.types import realtime as ga
@@ -23,8 +23,12 @@ from pydantic import BaseModel
 from serve_app.constants import FRAME_SAMPLES
 from serve_app.engine.port import EngineFrame
 from serve_app.protocol.dialect import Dialect
+from serve_app.session.engine_requests import EngineRequest
 from serve_app.session.session import RealtimeSession
 from serve_app.session.settings import SessionSettings
+
+if TYPE_CHECKING:
+    from serve_app.config import ModelTraits
 
 
 def _table(union: Any) -> dict[str, type[BaseModel]]:
@@ -109,11 +113,27 @@ BETA_INPUT_NAMES = {
 """GA audio.input field → the beta session's flat name (turn_detection is spelled the same)."""
 
 
+GA_FORMATS = {"pcm16": {"type": "audio/pcm", "rate": 24000}, "g711_ulaw": {"type": "audio/pcmu"}}
+GA_FORMATS["g711_alaw"] = {"type": "audio/pcma"}
+"""Beta's audio format names → GA's format objects, exactly as the session echoes them."""
+
+T = TypeVar("T")
+
+
 class Harness:
-    """Drives one session; every drained event is strict-checked, and event ids must never repeat."""
+    """Drives one session; every drained event is strict-checked, and event ids must never repeat.
+
+    Tests speak dialect-neutrally through it: `session_shape`/`update_session`/`response_params` build
+    a client's payload in the session's dialect, `format_of` reads one back, and `pick` chooses what
+    differs (so the tests themselves hold no dialect branches)."""
 
     def __init__(
-        self, dialect: Dialect, settings: SessionSettings | None = None, *, connect: bool = True
+        self,
+        dialect: Dialect,
+        settings: SessionSettings | None = None,
+        *,
+        connect: bool = True,
+        traits: ModelTraits | None = None,
     ) -> None:
         self.dialect = dialect
         self.session = RealtimeSession(
@@ -122,6 +142,7 @@ class Harness:
             dialect=dialect,
             settings=settings or SessionSettings(),
             now_epoch_s=1_700_000_000,
+            traits=traits,
         )
         self.seen_event_ids: set[str] = set()
         self.log: list[dict[str, Any]] = []
@@ -150,14 +171,30 @@ class Harness:
     def frame(self, *, speaking: bool, text: str | None = None) -> list[dict[str, Any]]:
         return self.frames(1, speaking=speaking, text=text)
 
+    def said(self, *pieces: str | None, done: bool = False, level: float = 0.2) -> list[dict[str, Any]]:
+        """Frames of a running script, one per piece (None: a pause between words), as the engine
+        reports forced text (EngineFrame.scripted); `done` marks the last one as the script's end."""
+        pcm = np.full(FRAME_SAMPLES, level, dtype=np.float32)
+        for index, piece in enumerate(pieces):
+            last = done and index == len(pieces) - 1
+            frame = EngineFrame(
+                pcm=pcm, text=piece, speaking=piece is not None, scripted=True, script_done=last
+            )
+            self.session.receive_engine_frame(frame)
+        return self.events()
+
+    def requests(self) -> list[EngineRequest]:
+        """What the session asks of its slot (engine_requests.py), drained the way the shell does."""
+        return self.session.engine_requests()
+
     def clock(self, now_s: float) -> list[dict[str, Any]]:
         self.session.advance_clock(now_s)
         return self.events()
 
     def events(self) -> list[dict[str, Any]]:
         out = []
-        for text in self.session.data_to_send():
-            event = strict_check(self.dialect, text)
+        for outgoing in self.session.events_to_send():
+            event = strict_check(self.dialect, outgoing.text)
             assert event["event_id"] not in self.seen_event_ids
             self.seen_event_ids.add(event["event_id"])
             out.append(event)
@@ -176,6 +213,109 @@ class Harness:
     def append(self, samples: int) -> list[dict[str, Any]]:
         return self.send({"type": "input_audio_buffer.append", "audio": b64_pcm16(samples)})
 
+    # The dialect's shapes --------------------------------------------------------------------------
+
+    @property
+    def ga(self) -> bool:
+        return self.dialect is Dialect.GA
+
+    def pick(self, *, ga: T, beta: T) -> T:
+        """What the session's dialect says where the dialects differ."""
+        return ga if self.ga else beta
+
+    @property
+    def announce_types(self) -> list[str]:
+        """The events that announce a complete new item (GA: added then done; beta: created)."""
+        return self.pick(
+            ga=["conversation.item.added", "conversation.item.done"], beta=["conversation.item.created"]
+        )
+
+    @property
+    def item_done_types(self) -> list[str]:
+        """After response.output_item.done: GA repeats the item as conversation.item.done, beta has none."""
+        return self.pick(ga=["conversation.item.done"], beta=[])
+
+    def session_shape(
+        self,
+        *,
+        text_only: bool | None = None,
+        voice: str | None = None,
+        input_format: str | None = None,
+        output_format: str | None = None,
+    ) -> dict[str, Any]:
+        """A session.update's session object; formats by their beta names (pcm16, g711_ulaw, g711_alaw)."""
+        if not self.ga:
+            flat = {
+                "modalities": None if text_only is None else (["text"] if text_only else ["text", "audio"]),
+                "voice": voice,
+                "input_audio_format": input_format,
+                "output_audio_format": output_format,
+            }
+            return {key: value for key, value in flat.items() if value is not None}
+        session: dict[str, Any] = {"type": "realtime"}
+        if text_only is not None:
+            session["output_modalities"] = ["text"] if text_only else ["audio"]
+        audio_in = {"format": GA_FORMATS[input_format]} if input_format else {}
+        audio_out = {"format": GA_FORMATS[output_format]} if output_format else {}
+        audio_out |= {"voice": voice} if voice is not None else {}
+        audio = ({"input": audio_in} if audio_in else {}) | ({"output": audio_out} if audio_out else {})
+        return session | ({"audio": audio} if audio else {})
+
+    def update_session(self, **fields: Any) -> list[dict[str, Any]]:
+        return self.send({"type": "session.update", "session": self.session_shape(**fields)})
+
+    def assistant_text(self, text: str, item_id: str | None = None) -> dict[str, Any]:
+        """A conversation.item.create of an assistant message with text content (GA output_text, beta
+        text): what a response.create then says (scripted speech)."""
+        part = {"type": self.pick(ga="output_text", beta="text"), "text": text}
+        item: dict[str, Any] = {"type": "message", "role": "assistant", "content": [part]}
+        return {"type": "conversation.item.create", "item": item | ({"id": item_id} if item_id else {})}
+
+    def response_params(self, *, text_only: bool = False, max_tokens: int | None = None) -> dict[str, Any]:
+        """A response.create's `response` in the dialect's shape."""
+        params: dict[str, Any] = {}
+        if text_only:
+            params[self.pick(ga="output_modalities", beta="modalities")] = ["text"]
+        if max_tokens is not None:
+            params[self.pick(ga="max_output_tokens", beta="max_response_output_tokens")] = max_tokens
+        return params
+
+    def view(self, wire: dict[str, Any]) -> dict[str, Any]:
+        """A session or response object's settings by dialect-neutral names; formats by their beta names
+        (a GA format object must be exactly the one GA_FORMATS names)."""
+        if not self.ga:
+            names = {"input_audio_format": "input_format", "output_audio_format": "output_format"}
+            view = {names.get(key, key): value for key, value in wire.items()}
+            return view | {"text_only": wire.get("modalities") == ["text"]}
+        audio = wire.get("audio", {})
+        view = {key: value for key, value in wire.items() if key != "audio"}
+        view |= {key: value for key, value in audio.get("input", {}).items() if key != "format"}
+        view |= {key: value for key, value in audio.get("output", {}).items() if key != "format"}
+        for key, where in (("input_format", "input"), ("output_format", "output")):
+            if "format" in audio.get(where, {}):
+                (view[key],) = [name for name, shape in GA_FORMATS.items() if shape == audio[where]["format"]]
+        return view | {"text_only": wire.get("output_modalities") == ["text"]}
+
+    def response_lifecycle(self, deltas: list[str]) -> list[str]:
+        """The order every client accepts (docs/ARCHITECTURE.md, "Event order of a response")."""
+        names = {
+            "audio": self.name("response.output_audio.delta"),
+            "text": self.name("response.output_audio_transcript.delta"),
+        }
+        return [
+            "response.created",
+            "response.output_item.added",
+            self.announce_types[0],
+            "response.content_part.added",
+            *[names[d] for d in deltas],
+            self.name("response.output_audio.done"),
+            self.name("response.output_audio_transcript.done"),
+            "response.content_part.done",
+            "response.output_item.done",
+            *self.item_done_types,
+            "response.done",
+        ]
+
 
 def types_of(events: list[dict[str, Any]]) -> list[str]:
     return [event["type"] for event in events]
@@ -186,3 +326,27 @@ def only_error(events: list[dict[str, Any]]) -> dict[str, Any]:
     assert types_of(events) == ["error"], types_of(events)
     error: dict[str, Any] = events[0]["error"]
     return error
+
+
+def speak(h: Harness, *pieces: str, silence: int = 3) -> list[dict[str, Any]]:
+    """Moshi says one piece per frame, then `silence` non-speaking frames (3 end an utterance in FAST)."""
+    events = []
+    for piece in pieces:
+        events += h.frame(speaking=True, text=piece)
+    events += h.frames(silence, speaking=False)
+    return events
+
+
+def spoken_item(h: Harness, *pieces: str) -> str:
+    """The id of the assistant item Moshi's utterance of `pieces` became."""
+    events = speak(h, *pieces)
+    return str(events[1]["item"]["id"])
+
+
+def user_text(text: str, item_id: str | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": text}],
+    }
+    return item | ({"id": item_id} if item_id else {})

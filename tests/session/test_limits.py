@@ -116,13 +116,7 @@ def test_a_flood_of_appends_is_refused_before_decoding_and_allowed_again_as_the_
 
 def test_the_append_rate_judges_g711_by_its_own_sample_rate(dialect: Dialect) -> None:
     h = Harness(dialect, FAST.model_copy(update={"max_append_rate": 2.0, "append_burst_ms": 1000}))
-    fmt = {"type": "audio/pcmu"} if dialect is Dialect.GA else "g711_ulaw"
-    update = (
-        {"type": "realtime", "audio": {"input": {"format": fmt}}}
-        if dialect is Dialect.GA
-        else {"input_audio_format": fmt}
-    )
-    h.send({"type": "session.update", "session": update})
+    h.update_session(input_format="g711_ulaw")
     h.clock(0.0)
     second = base64.b64encode(bytes([0xFF]) * 8000).decode()  # 1 s of μ-law silence at 8 kHz
     assert h.send({"type": "input_audio_buffer.append", "audio": second}) == []

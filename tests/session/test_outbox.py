@@ -26,7 +26,7 @@ def test_names_ids_and_draining() -> None:
         outbox = Outbox(dialect)
         outbox.emit(DELTA)
         outbox.emit(DELTA)
-        first, second = (json.loads(text) for text in outbox.drain())
+        first, second = (json.loads(event.text) for event in outbox.drain())
         assert first["type"] == name and first["event_id"] != second["event_id"]
         assert outbox.drain() == []
 
@@ -44,8 +44,8 @@ def test_events_carry_their_ga_kind_and_error_code(dialect: Dialect) -> None:
     outbox.emit(DELTA)
     error_body = {"type": "invalid_request_error", "code": "x_code", "message": "m"}
     outbox.emit({"type": "error", "error": error_body})
-    delta, error = outbox.drain_events()
+    delta, error = outbox.drain()
     assert (delta.kind, delta.error_code) == ("response.output_audio.delta", None)
     assert (error.kind, error.error_code) == ("error", "x_code")
     assert json.loads(error.text)["error"]["code"] == "x_code"
-    assert outbox.drain_events() == []
+    assert outbox.drain() == []

@@ -14,6 +14,22 @@ def item_ms(h: Harness, item_id: str) -> float:
     return item.duration_ms
 
 
+def test_vad_hooks_emit_speech_events_and_commit_under_one_item_id(h: Harness) -> None:
+    h.append(4800)
+    item_id = h.session.speech_started(audio_start_ms=20)
+    (started,) = h.events()
+    assert started == {
+        **started,
+        "type": "input_audio_buffer.speech_started",
+        "audio_start_ms": 20,
+        "item_id": item_id,
+    }
+    assert h.session.speech_stopped(audio_end_ms=180) == item_id
+    events = h.events()
+    assert types_of(events)[:2] == ["input_audio_buffer.speech_stopped", "input_audio_buffer.committed"]
+    assert {e.get("item_id", e.get("item", {}).get("id")) for e in events} == {item_id}
+
+
 def test_speech_start_drops_audio_before_its_prefix_padding(h: Harness) -> None:
     h.append(24_000)  # 1 s of input
     item_id = h.session.speech_started(audio_start_ms=600)

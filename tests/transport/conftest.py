@@ -8,23 +8,25 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from serve_app.constants import FRAME_S
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.capacity import TickBudget
 from serve_app.engine.loader import LoadedModel
-from serve_app.engine.runner import ClockedRunner, TickStats
+from serve_app.engine.runner import ClockedRunner
 from serve_app.engine.spec import SamplingParams
+from serve_app.engine.tick_stats import TickStats
 from serve_app.transport.address import ChannelAddress
 from serve_app.transport.ingress_channel import ReplicaChannel
 from serve_app.transport.replica_port import ReplicaPort
-from tests.engine.conftest import _tiny_cache, tiny_dir, tiny_model
+from tests.engine.conftest import _tiny_cache, tiny_dir, tiny_model, tiny_persona, tiny_persona_dir
 
-__all__ = ["_tiny_cache", "tiny_dir", "tiny_model"]  # the engine tests' fixtures, shared
+# the engine tests' fixtures, shared
+__all__ = ["_tiny_cache", "tiny_dir", "tiny_model", "tiny_persona", "tiny_persona_dir"]
 
 REPLICA_ID = "replica-under-test"
 REPLICA_NODE = "node-a"
 OTHER_NODE = "node-b"
 SLOTS = 3
-PERIOD_S = 0.08
 
 Connect = Callable[..., Awaitable[ReplicaChannel]]
 
@@ -56,9 +58,9 @@ def runner(
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}
     if "admit_fraction" in options:
         options["budget"] = TickBudget(
-            engine.slots_total, admit_fraction=options.pop("admit_fraction"), period_s=PERIOD_S
+            engine.slots_total, admit_fraction=options.pop("admit_fraction"), period_s=FRAME_S
         )
-    runner = ClockedRunner(engine, period_s=PERIOD_S, on_tick=ticks.append, **options)
+    runner = ClockedRunner(engine, period_s=FRAME_S, on_tick=ticks.append, **options)
     runner.start()
     yield runner
     runner.stop()

@@ -13,11 +13,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from serve_app.constants import FRAME_SAMPLES
+from serve_app.constants import FRAME_S, FRAME_SAMPLES
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.errors import TickBudgetFull
 from serve_app.engine.port import EngineFrame
-from serve_app.engine.runner import ClockedRunner, TickStats
+from serve_app.engine.runner import ClockedRunner
+from serve_app.engine.tick_stats import TickStats
 from serve_app.transport import wire
 from serve_app.transport.ingress_channel import ChannelEnded, ChannelSession, ReplicaChannel
 from serve_app.transport.pool import ChannelPool
@@ -25,7 +26,7 @@ from serve_app.transport.reasons import EndReason
 from serve_app.transport.replica_port import Lease, ReplicaPort
 from serve_app.transport.stream import read_message
 from tests.engine.support import noise
-from tests.transport.conftest import OTHER_NODE, PERIOD_S, REPLICA_ID, REPLICA_NODE, SLOTS, Connect
+from tests.transport.conftest import OTHER_NODE, REPLICA_ID, REPLICA_NODE, SLOTS, Connect
 
 # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -74,7 +75,7 @@ async def feed(plan: list[tuple[ChannelSession, int]], seed: int = 0) -> None:
         for (session, count), pcm in zip(plan, audio, strict=True):
             if step < count:
                 session.send_audio(pcm[step * FRAME_SAMPLES : (step + 1) * FRAME_SAMPLES])
-        await asyncio.sleep(PERIOD_S)
+        await asyncio.sleep(FRAME_S)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serve_app.constants import FRAME_SAMPLES
-from serve_app.engine.port import EngineFrame
+from serve_app.engine.port import EngineFrame, Persona
 from serve_app.transport import wire
 from serve_app.transport.stream import read_message
 
@@ -114,6 +114,55 @@ def test_frames_roundtrip() -> None:
     for got, sent in zip(decoded.frames, frames, strict=True):
         assert got.pcm.dtype == np.float32 and got.pcm.shape == (FRAME_SAMPLES,)
         np.testing.assert_array_equal(got.pcm, sent.pcm)
+
+
+def test_frames_say_which_text_was_scripted_and_where_the_script_ended() -> None:
+    frames = (
+        EngineFrame(pcm=pcm(FRAME_SAMPLES, 1), text=" hello", speaking=True, scripted=True),
+        EngineFrame(pcm=pcm(FRAME_SAMPLES, 2), text=None, speaking=False, scripted=True, script_done=True),
+        EngineFrame(pcm=pcm(FRAME_SAMPLES, 3), text=" own", speaking=True),
+        EngineFrame(pcm=np.zeros(0, np.float32), text="x", speaking=True, scripted=True, script_done=True),
+    )
+    decoded = roundtrip(wire.encode_frames(0.01, [1, 2, 3, 4], frames))
+    assert isinstance(decoded, wire.Frames)
+    assert [(f.text, f.speaking, f.scripted, f.script_done) for f in decoded.frames] == [
+        (" hello", True, True, False),
+        (None, False, True, True),
+        (" own", True, False, False),
+        ("x", True, True, True),
+    ]
+    assert [f.pcm.size for f in decoded.frames] == [FRAME_SAMPLES, FRAME_SAMPLES, FRAME_SAMPLES, 0]
+
+
+@pytest.mark.parametrize(
+    "persona",
+    [
+        Persona(voice=None, instructions=None),
+        Persona(voice="NATF2", instructions=None),
+        Persona(voice=None, instructions="You are a calm guide. 你好 🎉"),
+        Persona(voice="VARM4", instructions=""),
+        Persona(voice="", instructions="x" * 5000),
+    ],
+)
+def test_persona_roundtrip_keeps_unset_apart_from_empty(persona: Persona) -> None:
+    data = wire.encode_persona(2**32 - 1, persona)
+    assert data[wire.PREFIX_BYTES] == wire.Kind.PERSONA
+    assert roundtrip(data) == wire.SetPersona(2**32 - 1, persona)
+
+
+@pytest.mark.parametrize("text", ["", "hello there, this is a scripted greeting", "né 世界 🎉\n" * 300])
+def test_say_and_stop_saying_roundtrip(text: str) -> None:
+    assert roundtrip(wire.encode_say(7, text)) == wire.Say(7, text)
+    assert roundtrip(wire.encode_stop_saying(7)) == wire.StopSaying(7)
+
+
+def test_a_persona_field_marked_absent_with_a_value_is_refused() -> None:
+    data = bytearray(body(wire.encode_persona(1, Persona(voice="NATF0", instructions=None))))
+    data[5] = 0  # kind | lease u32 | present u8: say the voice is absent while its bytes follow
+    with pytest.raises(wire.WireError, match="absent"):
+        wire.decode(bytes(data))
+    with pytest.raises(wire.WireError):  # a voice length past the end
+        wire.decode(bytes([wire.Kind.PERSONA]) + struct.pack("<IBI", 1, 1, 50) + b"NATF0")
 
 
 def test_text_only_frames_carry_no_audio_beside_frames_that_do() -> None:
@@ -219,6 +268,7 @@ STRUCTURED = {
     "frames": wire.encode_frames(0.02, [1, 2], [frame(0, "ab", True), frame(1, None, False)]),
     "frames-empty": wire.encode_frames(0.02, [], []),
     "ended": wire.encode_ended(1, "lost", ""),  # an empty message: nothing after the code
+    "stop-saying": wire.encode_stop_saying(3),
 }
 """Messages whose body has no free-length tail: every strict prefix is truncated, any extra byte trails."""
 
@@ -249,7 +299,7 @@ def test_empty_message_raises() -> None:
         wire.decode(b"")
 
 
-@pytest.mark.parametrize("kind", [0, 8, 42, 255])
+@pytest.mark.parametrize("kind", [0, 11, 42, 255])
 def test_unknown_kind_raises(kind: int) -> None:
     with pytest.raises(wire.WireError, match="unknown"):
         wire.decode(bytes([kind]) + body(wire.encode_attach([1]))[1:])
@@ -264,7 +314,9 @@ def test_bad_utf8_raises() -> None:
     ended_code = bytes([wire.Kind.ENDED]) + struct.pack("<I", 1) + bytes([len(BAD_UTF8)]) + BAD_UTF8
     frames = bytearray(body(wire.encode_frames(0.0, [1], [frame(0, "abcd", True)])))
     frames[-4:] = BAD_UTF8
-    for message in (welcome, ended_message, ended_code, bytes(frames)):
+    say = body(wire.encode_say(1, "")) + BAD_UTF8
+    persona = body(wire.encode_persona(1, Persona(voice=None, instructions=""))) + BAD_UTF8
+    for message in (welcome, ended_message, ended_code, bytes(frames), say, persona):
         with pytest.raises(wire.WireError):
             wire.decode(message)
 
