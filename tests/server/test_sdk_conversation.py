@@ -79,10 +79,11 @@ async def _converse(conn: Any, names: Names, session_update: dict[str, Any]) -> 
 
     # 3 s of paced speech, then more (bounded) until Moshi has finished at least one utterance.
     stop = asyncio.Event()
-    sender = asyncio.create_task(_stream_audio(conn, 12.0, stop, seed=7))
+    # (An utterance of the random tiny model once ran through 12 s of input, ending only at its deadline.)
+    sender = asyncio.create_task(_stream_audio(conn, 24.0, stop, seed=7))
     try:
         done = await _recv_until(
-            conn, log, lambda e: e.type == "response.done" and e.response.status == "completed", 20
+            conn, log, lambda e: e.type == "response.done" and e.response.status == "completed", 30
         )
     finally:
         stop.set()
