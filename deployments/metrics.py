@@ -6,7 +6,7 @@ the replica that records them (they do not pickle).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
@@ -85,6 +85,17 @@ class ModelMetrics:
             "Sessions this replica told to move on because it was draining.",
             tag_keys=(MODEL_TAG,),
         )
+        by_result: Any = (MODEL_TAG, "result")  # Ray's stub types tag_keys as a 1-tuple
+        self.prompt_cache_lookups = Counter(
+            PREFIX + "prompt_cache_lookups",
+            "Persona prompts looked up in the replica's prompt-state cache, by result (hit: copied, miss: "
+            "prefilled).",
+            tag_keys=by_result,
+        )
+        self.prompt_cache_bytes = Gauge(
+            PREFIX + "prompt_cache_bytes", "Bytes held by the persona prompt cache.", tag_keys=(MODEL_TAG,)
+        )
+        self._prompt_lookups = {"hit": 0, "miss": 0}
         self.rebuild_seconds = Histogram(
             PREFIX + "slot_rebuild_seconds",
             "From a resumed session's admission to its slot being rebuilt (prefill between ticks).",
@@ -105,6 +116,8 @@ class ModelMetrics:
             self.sessions_resumed,
             self.sessions_moved,
             self.rebuild_seconds,
+            self.prompt_cache_lookups,
+            self.prompt_cache_bytes,
         ):
             metric.set_default_tags({MODEL_TAG: model_id})  # Serve adds its tags into the dict it gets
         for counter in (self.late_ticks, self.missed_frames, self.sessions_resumed, self.sessions_moved):
@@ -125,6 +138,15 @@ class ModelMetrics:
     def record_capacity(self, report: CapacityReport) -> None:
         self.capacity.set(report.capacity)
         self.admitting.set(int(report.admitting))
+
+    def record_prompt_cache(self, stats: Mapping[str, int]) -> None:
+        """The cache's cumulative counters, as increments since the last call."""
+        self.prompt_cache_bytes.set(stats["bytes"])
+        for result, key in (("hit", "hits"), ("miss", "misses")):
+            new = stats[key] - self._prompt_lookups[result]
+            if new > 0:
+                self.prompt_cache_lookups.inc(new, tags={"result": result})
+            self._prompt_lookups[result] = stats[key]
 
     def record_slots(self, used: int, total: int, sessions: int) -> None:
         self.slots_used.set(used)

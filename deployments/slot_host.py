@@ -222,6 +222,7 @@ class SlotHost:
             self._metrics.record_ticks(ticks)
             self._recent_ticks.extend(t.duration_s for t in ticks if t.counts)
             self._metrics.record_capacity(self.runner.capacity())
+            self._metrics.record_prompt_cache(self.runner.prompt_cache_stats())
             self._record_slots()
 
     def check_health(self) -> None:

@@ -161,6 +161,10 @@ class ClockedRunner:
         """The voice prompts a persona may name (empty: the model has no prompt channel)."""
         return self._prompts.voices if self._prompts is not None else ()
 
+    def prompt_cache_stats(self) -> dict[str, int]:
+        """The persona prompt cache's counters (entries, bytes, budget_bytes, hits, misses, evictions)."""
+        return self._engine.prompt_cache.stats()
+
     @property
     def slots_total(self) -> int:
         return self._engine.slots_total

@@ -65,10 +65,18 @@ def serve_config(http_port: int, moshi_sft: dict[str, Any] | None = None) -> dic
                 "import_path": "deployments.app:build_app",
                 "args": {
                     "models": [
-                        {"id": "moshi-sft", "spec": {"tiny_seed": 1}, "slots": SLOTS},
-                        # The move tests place 3 sessions on its 2 replicas: on 2 shared cores their ticks
-                        # can pass the tick budget with one session each, so it admits on free slots alone
-                        # (admission by tick budget is tested on moshi-slow and in tests/engine).
+                        # The move tests (a drain on moshi-sft, a kill on moshi-base) need the survivor to
+                        # take the moved sessions: on 2 shared cores a replica's ticks can pass the tick
+                        # budget with one session, and a resume is judged like a new session (refused until
+                        # its catch-up fits), so these two admit on free slots alone. Admission by tick
+                        # budget, new and resumed, is tested on moshi-slow, in tests/transport/
+                        # test_session_move.py and in tests/engine.
+                        {
+                            "id": "moshi-sft",
+                            "spec": {"tiny_seed": 1},
+                            "slots": SLOTS,
+                            "realtime": {"admit_fraction": None},
+                        },
                         {
                             "id": "moshi-base",
                             "spec": {"tiny_seed": 2},

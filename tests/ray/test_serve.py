@@ -348,6 +348,8 @@ async def test_metrics_are_exported(cluster: Cluster) -> None:
         "ray_moshi_realtime_replica_sessions_total": None,
         "ray_moshi_realtime_sessions_rejected_total": 'code="server_at_capacity"',
         "ray_moshi_realtime_errors_total": 'code="invalid_json"',
+        # Every model replica reports its persona prompt cache (empty on models without a prompt channel).
+        "ray_moshi_realtime_prompt_cache_bytes": 'model="moshi-sft"',
     }
     deadline = time.monotonic() + 30
     missing: list[str] = list(expected)
