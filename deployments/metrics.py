@@ -122,6 +122,8 @@ class ModelMetrics:
             metric.set_default_tags({MODEL_TAG: model_id})  # Serve adds its tags into the dict it gets
         for counter in (self.late_ticks, self.missed_frames, self.sessions_resumed, self.sessions_moved):
             _start_at_zero(counter)
+        for result in self._prompt_lookups:
+            self.prompt_cache_lookups._record(0, tags={"result": result})
 
     def record_ticks(self, ticks: Iterable[TickStats]) -> None:
         late = missed = 0
