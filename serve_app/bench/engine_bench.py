@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,23 @@ def model_info(
         "device": str(device),
         "lm_dtype": str(dtype).removeprefix("torch."),
     }
+
+
+def run_and_save(
+    name: str,
+    argv: Sequence[str] | None,
+    parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace, str], dict[str, Any]],
+) -> None:
+    """A benchmark program's `main`: run it with its own command line recorded, write `<out>/<name>.json`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    command = f"python -m serve_app.bench.{name} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = run(args, command)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
 
 
 def git_commit() -> str:

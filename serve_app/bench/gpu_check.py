@@ -44,8 +44,6 @@ import numpy.typing as npt
 import sentencepiece
 import torch
 from moshi.models import loaders
-from moshi.modules.streaming import StreamingModule
-from moshi.modules.transformer import RingKVCache
 from moshi.utils.compile import no_cuda_graph
 from torch import nn
 
@@ -67,6 +65,7 @@ from serve_app.engine.sizing import (
     slots_for_memory,
 )
 from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.engine.state_bytes import streaming_state_bytes
 from serve_app.engine.tick_stats import TickStats
 from serve_app.engine.tiny import randomise_codebooks, train_tokenizer
 
@@ -153,33 +152,6 @@ def _graphs(enabled: bool) -> AbstractContextManager[None]:
 
 
 # --- memory -------------------------------------------------------------------------------------------------
-
-
-def _state_tensor_bytes(obj: Any, seen: set[int], depth: int = 0) -> int:
-    if depth > 4:
-        return 0
-    if isinstance(obj, torch.Tensor):
-        storage = obj.untyped_storage()
-        if storage.data_ptr() in seen:
-            return 0
-        seen.add(storage.data_ptr())
-        return int(storage.nbytes())
-    if isinstance(obj, list | tuple):
-        return sum(_state_tensor_bytes(x, seen, depth + 1) for x in obj)
-    if isinstance(obj, RingKVCache) or dataclasses.is_dataclass(obj):
-        return sum(_state_tensor_bytes(x, seen, depth + 1) for x in vars(obj).values())
-    return 0
-
-
-def streaming_state_bytes(*roots: nn.Module) -> int:
-    """Bytes of every tensor held by the modules' streaming states (what `streaming(B)` allocated)."""
-    seen: set[int] = set()
-    return sum(
-        _state_tensor_bytes(module._streaming_state, seen)
-        for root in roots
-        for module in root.modules()
-        if isinstance(module, StreamingModule) and module._streaming_state is not None
-    )
 
 
 # --- tick timing --------------------------------------------------------------------------------------------

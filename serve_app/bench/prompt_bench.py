@@ -14,10 +14,7 @@ voice: the prompt is silence and role tokens). A program that prints numbers, no
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import shlex
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +25,7 @@ import numpy as np
 import torch
 from moshi.models.lm import LMGen
 
-from serve_app.bench.engine_bench import full_size_model, git_commit, machine_info, model_info
+from serve_app.bench.engine_bench import full_size_model, git_commit, machine_info, model_info, run_and_save
 from serve_app.constants import FRAME_SAMPLES
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.loader import LoadedModel, load_model, resolve_device, resolve_dtype
@@ -197,14 +194,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    command = "python -m serve_app.bench.prompt_bench " + shlex.join(sys.argv[1:] if argv is None else argv)
-    result = run(args, command)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "prompt_bench.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    run_and_save("prompt_bench", argv, parse_args, run)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
 from moshi.models import loaders
-from moshi.modules.streaming import StreamingModule
-from moshi.modules.transformer import RingKVCache
-from torch import nn
 
 from serve_app.config import ModelConfig
 from serve_app.constants import FRAME_SAMPLES
@@ -29,35 +23,9 @@ from serve_app.engine.sizing import (
     tick_budget_s,
 )
 from serve_app.engine.spec import ModelSpec, SamplingParams
+from serve_app.engine.state_bytes import streaming_state_bytes
 
 # --- measuring what moshi allocates -------------------------------------------------------------------------
-
-
-def _state_tensors(obj: Any, seen: set[int], depth: int = 0) -> int:
-    """Bytes of the tensors reachable from a streaming state (storages counted once)."""
-    if depth > 4:
-        return 0
-    if isinstance(obj, torch.Tensor):
-        storage = obj.untyped_storage()
-        if storage.data_ptr() in seen:
-            return 0
-        seen.add(storage.data_ptr())
-        return int(storage.nbytes())
-    if isinstance(obj, list | tuple):
-        return sum(_state_tensors(x, seen, depth + 1) for x in obj)
-    if isinstance(obj, RingKVCache) or dataclasses.is_dataclass(obj):
-        return sum(_state_tensors(x, seen, depth + 1) for x in vars(obj).values())
-    return 0
-
-
-def _streaming_bytes(*roots: nn.Module) -> int:
-    seen: set[int] = set()
-    return sum(
-        _state_tensors(module._streaming_state, seen)
-        for root in roots
-        for module in root.modules()
-        if isinstance(module, StreamingModule) and module._streaming_state is not None
-    )
 
 
 def _measured_bytes(model: LoadedModel, slots: int) -> int:
@@ -65,11 +33,11 @@ def _measured_bytes(model: LoadedModel, slots: int) -> int:
     assert model.lm.depformer is not None
     depformer: list[int] = []
     hook = model.lm.depformer.register_forward_pre_hook(
-        lambda module, _args: depformer.append(_streaming_bytes(module))
+        lambda module, _args: depformer.append(streaming_state_bytes(module))
     )
     try:
         with BatchedEngine(model, slots=slots, sampling=SamplingParams(use_sampling=False)) as engine:
-            persistent = _streaming_bytes(model.mimi, model.lm, engine._lm_gen)
+            persistent = streaming_state_bytes(model.mimi, model.lm, engine._lm_gen)
             for slot in [engine.open_slot() for _ in range(slots)]:
                 engine.push(slot, np.zeros(FRAME_SAMPLES, np.float32))
             engine.tick()
