@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from serve_app.protocol.errors import ERRORS
+
 if TYPE_CHECKING:
     from serve_app.engine.capacity import CapacityReport
     from serve_app.engine.tick_stats import TickStats
@@ -23,15 +25,20 @@ CODE_TAG = "code"
 TICK_BUCKETS_S = [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]
 FIRST_AUDIO_BUCKETS_S = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]
 MOVE_BUCKETS_S = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]
+# A chat model answers in ~0.3-3 s; a call is cut at its timeout (10 s by default, at most 120).
+DELEGATE_BUCKETS_S = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0]
 REASON_TAG = "reason"
+RESULT_TAG = "result"
+DELEGATE_RESULTS = ("ok", "tool_calls", *(code for code in ERRORS if code.startswith("delegate_")))
+"""How a delegate call ends: a text reply, function calls, or the error code the session got."""
 
 
-def _start_at_zero(counter: Counter) -> None:
+def _start_at_zero(counter: Counter, tags: dict[str, str] | None = None) -> None:
     """Export a counter before its first event, so dashboards and alerts see 0 rather than no series.
 
     `Counter.inc` refuses 0; recording the point directly is what it does underneath.
     """
-    counter._record(0)
+    counter._record(0, tags=tags)
 
 
 class ModelMetrics:
@@ -197,6 +204,25 @@ class IngressMetrics:
             boundaries=MOVE_BUCKETS_S,
             tag_keys=keys,
         )
+        by_result: Any = (MODEL_TAG, RESULT_TAG)
+        self.delegate_calls = Counter(
+            PREFIX + "delegate_calls",
+            "Delegate (chat model) calls, by result: ok (a text reply), tool_calls, or the error code sent.",
+            tag_keys=by_result,
+        )
+        self.delegate_latency = Histogram(
+            PREFIX + "delegate_latency_seconds",
+            "Wall time of one delegate call, whatever its result.",
+            boundaries=DELEGATE_BUCKETS_S,
+            tag_keys=keys,
+        )
+        self.tool_calls_made = Counter(
+            PREFIX + "tool_calls", "Function calls the delegate's replies asked for.", tag_keys=keys
+        )
+        for model_id in self._known:
+            _start_at_zero(self.tool_calls_made, {MODEL_TAG: model_id})
+            for result in DELEGATE_RESULTS:
+                _start_at_zero(self.delegate_calls, {MODEL_TAG: model_id, RESULT_TAG: result})
         self._open: dict[str, int] = {}
 
     def session_moved(self, model_id: str, reason: str, gap_s: float) -> None:
@@ -226,3 +252,13 @@ class IngressMetrics:
 
     def first_audio(self, model_id: str, seconds: float) -> None:
         self.time_to_first_audio.observe(seconds, tags={MODEL_TAG: model_id})
+
+    def delegate_call(self, model_id: str, result: str, seconds: float) -> None:
+        # Results are a fixed set (one series each); anything else would be a bug, counted as a failure.
+        outcome = result if result in DELEGATE_RESULTS else "delegate_failed"
+        self.delegate_calls.inc(tags={MODEL_TAG: self._label(model_id), RESULT_TAG: outcome})
+        self.delegate_latency.observe(seconds, tags={MODEL_TAG: self._label(model_id)})
+
+    def tool_calls(self, model_id: str, count: int) -> None:
+        if count > 0:
+            self.tool_calls_made.inc(count, tags={MODEL_TAG: self._label(model_id)})

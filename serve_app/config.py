@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve_app.asr.config import AsrConfig
 from serve_app.constants import FRAME_MS
+from serve_app.delegate.config import DelegateConfig
 from serve_app.engine.port import Persona
 from serve_app.engine.spec import ModelConfig, ModelSpec, RealtimeLimits
 from serve_app.engine.voice_names import default_voice
@@ -87,6 +88,10 @@ class ServerSettings(BaseModel):
     api_keys: tuple[str, ...] = ()
     """When non-empty every socket must present one of these keys. REALTIME_API_KEYS adds to it."""
 
+    client_secret_signing_key: str | None = None
+    """Signs the `ek_` client secrets (serve_app/server/client_secrets.py); else REALTIME_CLIENT_SECRET_KEY,
+    else derived from the API keys. Changing it (or the keys it is derived from) revokes every `ek_` key."""
+
     clock_interval_s: float = Field(default=0.1, gt=0, le=1)
     """How often the socket shell advances the session clock (drives response timeouts)."""
 
@@ -126,6 +131,14 @@ class ServerSettings(BaseModel):
     """Longest a single send may wait for the client's socket to drain before the session ends the same
     way."""
 
+    webrtc_connect_timeout_s: float = Field(default=30.0, gt=0)
+    """A WebRTC call whose peer connection has not connected this long after its answer is ended and its
+    slot freed (a client that never completes ICE)."""
+
+    webrtc_ice_servers: tuple[dict[str, str], ...] = ()
+    """STUN/TURN servers for WebRTC calls, as RTCIceServer fields ({"urls", "username", "credential"});
+    empty: host candidates only (docs/ARCHITECTURE.md, "WebRTC calls")."""
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -146,6 +159,8 @@ class AppConfig(BaseModel):
     session: SessionSettings = SessionSettings()
     asr: AsrConfig = AsrConfig()
     """Input transcription backends (the ASR deployment); the embedded default is pocketsphinx."""
+    delegate: DelegateConfig | None = None
+    """The server-wide delegate (serve_app/delegate/): given to every model that names none of its own."""
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AppConfig:
@@ -155,6 +170,18 @@ class AppConfig(BaseModel):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate model ids: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _server_wide_delegate(self) -> AppConfig:
+        """Each model without a delegate of its own gets the server-wide one: `ModelConfig.delegate` is then
+        the one place a replica or a session reads it."""
+        if self.delegate is None or all(m.delegate is not None for m in self.models):
+            return self
+        models = tuple(
+            m if m.delegate else m.model_copy(update={"delegate": self.delegate}) for m in self.models
+        )
+        object.__setattr__(self, "models", models)  # frozen: set once, during validation
         return self
 
     def model(self, model_id: str) -> ModelConfig | None:
@@ -184,6 +211,10 @@ class AppConfig(BaseModel):
 def load_config(args: dict[str, Any]) -> AppConfig:
     """The AppConfig of a Serve application's `args`: without `models`, the embedded default models
     with any other settings applied."""
+    from_env = DelegateConfig.from_env()
+    if from_env is not None and "delegate" not in args:
+        # REALTIME_DELEGATE_URL/_MODEL/_MODE: a server-wide delegate for `make serve` without editing YAML.
+        args = {**args, "delegate": from_env.model_dump(mode="json")}
     if "models" in args:
         return AppConfig.model_validate(args)
     default = AppConfig.embedded_default()

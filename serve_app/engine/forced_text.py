@@ -10,6 +10,10 @@ so the audio of the last word is out when the script reports done.
 Each forced piece carries the exact span of the script it speaks (leading spaces included, unknown pieces
 merged into a neighbour), so the pieces a slot reports join to exactly the script. Rows without a script
 are never touched: a neighbour's tokens are bit-identical with or without a scripted slot beside it.
+
+A held model (`hold`: a model in delegate mode, serve_app/delegate/config.py) speaks only its scripts: every
+stepping row without one has its text forced to PAD, so Moshi listens (and its audio may backchannel) but
+says no words of its own. PAD has no text, so those frames report none and are not `speaking`.
 """
 
 from __future__ import annotations
@@ -106,6 +110,9 @@ class ForcedText:
 
     def __init__(self, tokenizer: Any, *, slots: int, pad: int, word_start: int, lag: int) -> None:
         self._tokenizer, self._pad, self._word_start, self._lag = tokenizer, pad, word_start, lag
+        self.hold = False
+        """Force PAD into every stepping row without a script (delegate mode: no words of its own); set
+        before the first tick (serve_app/engine/startup.py, from `ModelConfig.holds_text`)."""
         self._scripts: dict[int, deque[ScriptStep]] = {}
         self._in_flight: dict[int, deque[ScriptStatus | None]] = {}
         self._lock = threading.Lock()
@@ -145,8 +152,9 @@ class ForcedText:
             return slot in self._scripts
 
     def __call__(self, text_token: torch.Tensor) -> None:
-        """LMGen's on_text_hook: overwrite the sampled token of every stepping row with a script."""
-        if not self._in_flight:
+        """LMGen's on_text_hook: overwrite the sampled token of every stepping row with a script (and, when
+        held, of every other stepping row with PAD)."""
+        if not self._in_flight and not self.hold:
             return
         rows: list[int] = []
         tokens: list[int] = []
@@ -164,6 +172,11 @@ class ForcedText:
                 flight.append(ScriptStatus(step.text, done=not script))
                 if not script:
                     del self._scripts[slot]
+            if self.hold:  # nothing reported for these steps: their frames stay unscripted
+                scripted = set(rows)
+                held = [int(s) for s in np.flatnonzero(self.active) if int(s) not in scripted]
+                rows += held
+                tokens += [self._pad] * len(held)
         if rows:
             index = torch.tensor(rows, device=text_token.device)
             text_token.index_copy_(

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.delegate.config import DelegateConfig
 from serve_app.engine.voice_names import PERSONAPLEX_VOICES, TINY_VOICE_FRAMES
 
 
@@ -109,6 +110,14 @@ class ModelConfig(BaseModel):
     """A PersonaPlex model's voice for a session that names none (None: NATF2, else its first by name)."""
     default_instructions: str | None = None
     """A PersonaPlex model's role text for a session that gives none (None: no role text)."""
+    delegate: DelegateConfig | None = None
+    """The chat model that answers for this model's sessions (tools, instructions); None: the server-wide
+    one (AppConfig.delegate), if any. Its `mode: delegate` holds Moshi's own text at padding."""
+
+    @property
+    def holds_text(self) -> bool:
+        """Moshi speaks only what it is given (delegate mode): its own text stream stays at padding."""
+        return self.delegate is not None and self.delegate.mode == "delegate"
 
     @field_validator("slots", mode="before")
     @classmethod
@@ -169,6 +178,7 @@ class ModelConfig(BaseModel):
             "model_id": self.id,
             "max_lag_s": limits.max_lag_ms / 1000 if limits.max_lag_ms is not None else None,
             "admit_fraction": limits.admit_fraction,
+            "hold_text": self.holds_text,
         }
 
     @property

@@ -32,11 +32,12 @@ def start_runner(
     admit_fraction: float | None = DEFAULT_ADMIT_FRACTION,
     cpu_share: float | None = None,
     text_only: bool = False,
+    hold_text: bool = False,
 ) -> ClockedRunner:
     """Blocking: seconds on CPU, minutes for the 7B model on a GPU. Raises CheckpointError for a bad
     checkpoint (or one of the wrong kind: `text_only` asks for a streaming recogniser such as Kyutai STT,
     otherwise a Moshi that speaks) and SlotsDoNotFit when a fixed `slots` cannot fit the accelerator's
-    memory."""
+    memory. `hold_text` (delegate mode) keeps Moshi's own text at padding: it says only its scripts."""
     model = load_model(spec)
     if model.text_only != text_only:
         wanted = "a text-only STT checkpoint (dep_q 0)" if text_only else "a Moshi checkpoint that speaks"
@@ -54,6 +55,7 @@ def start_runner(
         )
     count = resolve_slots(model, slots, max_slots, sampling, model_id=model_id or None, cpu_share=cpu_share)
     engine = BatchedEngine(model, slots=count, sampling=sampling)
+    engine.scripts.hold = hold_text
     engine.warmup()
     runner = ClockedRunner(
         engine,

@@ -115,6 +115,18 @@ ERRORS: Final = MappingProxyType(
             "Server VAD failed for this session and is off for the rest of it: commit input audio with "
             "input_audio_buffer.commit. Moshi still hears everything.",
         ),
+        # A delegate call that gave no answer (serve_app/delegate): the turn goes unanswered, the session on.
+        "delegate_timeout": ErrorSpec(
+            SERVER_ERROR,
+            "The delegate model ({model}) did not answer within {timeout_s:g} s; this turn has no answer. "
+            "The session goes on.",
+        ),
+        "delegate_failed": ErrorSpec(
+            SERVER_ERROR, "The delegate model failed: {detail}. This turn has no answer; the session goes on."
+        ),
+        "delegate_invalid_reply": ErrorSpec(
+            SERVER_ERROR, "The delegate model's reply was not used: {detail}."
+        ),
         # Session limits (the session or the socket shell ends the session with these).
         "session_expired": ErrorSpec(
             CLIENT_ERROR, "Your session hit the maximum duration of {limit_s} seconds. Reconnect to go on."

@@ -1,4 +1,5 @@
-"""The Starlette app: one realtime session per WebSocket, plus /v1/models, /healthz and /v1/status.
+"""The Starlette app: one realtime session per WebSocket, plus /v1/models, /healthz and /v1/status, and
+/v1/realtime/client_secrets (client_secrets.py).
 
 The same app runs in-process (tests, no Ray) and inside the Ray ingress deployment; only the gateway
 that finds a model slot differs. Each socket's lifetime is `serve_app/server/connection.py`'s.
@@ -7,6 +8,8 @@ that finds a model slot differs. Each socket's lifetime is `serve_app/server/con
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -15,6 +18,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from serve_app.config import AppConfig, ModelTraits
+from serve_app.delegate.client import DelegateClient
+from serve_app.server.client_secrets import client_secrets_route
 from serve_app.server.connection import ConnectionShared, RealtimeConnection
 from serve_app.server.gateway import ModelGateway
 from serve_app.server.key_sessions import KeySessions
@@ -24,6 +29,9 @@ from serve_app.server.observer import NullObserver, SessionObserver
 from serve_app.server.transcription import TranscriptionPort
 from serve_app.server.transcription_sessions import TranscriptionSessions
 from serve_app.server.web import web_routes
+from serve_app.webrtc.calls import Calls
+from serve_app.webrtc.owners import CallOwners
+from serve_app.webrtc.routes import call_routes, open_owner_port, sideband
 
 HEALTHZ_TIMEOUT_S = 0.5
 """/healthz answers within this even when the readiness check hangs (503 then): a probe must not wait on a
@@ -40,11 +48,13 @@ def build_realtime_app(
     observer: SessionObserver | None = None,
     transcription: TranscriptionPort | None = None,
     streaming_asr: ModelGateway | None = None,
+    call_owners: CallOwners | None = None,
 ) -> Starlette:
     """`transcription`: where committed user turns are transcribed (None: a session that asks for it
     gets `.failed` for each turn, saying the server has no ASR). `streaming_asr`: where the streaming ASR
     backend's slots are (config.asr's kyutai backend, by its id), for sessions whose transcription
-    `model` names it."""
+    `model` names it. `call_owners`: with several ingress replicas, where each serves its WebRTC calls'
+    hangups and sidebands (serve_app/webrtc/owners.py; None: every call is in this process)."""
     obs: SessionObserver = observer or NullObserver()
     loop_lag = LoopLag()
     key_sessions = KeySessions(config.server.max_sessions_per_key)
@@ -92,10 +102,19 @@ def build_realtime_app(
             }
         )
 
-    shared = ConnectionShared(obs, loop_lag, key_sessions, vad, transcription, streaming_asr, transcribing)
+    # One delegate client per model that has a delegate (its HTTP connections are shared by the sessions).
+    delegates = {m.id: DelegateClient(m.delegate) for m in config.models if m.delegate is not None}
+    shared = ConnectionShared(
+        obs, loop_lag, key_sessions, vad, transcription, streaming_asr, transcribing, delegates
+    )
+
+    calls = Calls(gateway, config, shared, call_owners)
 
     async def realtime(ws: WebSocket) -> None:
         loop_lag.ensure_running()
+        if "call_id" in ws.query_params:
+            await sideband(calls, ws)  # joins a WebRTC call's events (serve_app/webrtc/)
+            return
         await RealtimeConnection(ws, gateway, config, shared).run()
 
     routes = [
@@ -104,9 +123,24 @@ def build_realtime_app(
         Route("/v1/models", models),
         Route("/healthz", healthz),
         Route("/v1/status", status),
+        client_secrets_route(gateway, config),
+        *call_routes(calls),
         *web_routes(),  # last: the demo's "/" and "/web/*" must not shadow the API
     ]
-    return Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        owner_port = await open_owner_port(calls)  # only with call_owners
+        yield
+        # Shutting down: calls still open are hung up (their slots freed, their peers told), and the
+        # delegates' HTTP connections closed.
+        await calls.close_all()
+        if owner_port is not None:
+            await owner_port.stop()
+        for client in delegates.values():
+            await client.aclose()
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def _persona_fields(traits: ModelTraits | None) -> dict[str, object]:

@@ -13,15 +13,21 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import assert_never
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from serve_app.config import AppConfig, ModelTraits
+from serve_app.delegate.client import DelegateClient
+from serve_app.delegate.config import DelegateConfig
 from serve_app.protocol.dialect import api_key_from_handshake, detect_dialect, select_subprotocol
-from serve_app.protocol.errors import WS_1000_NORMAL_CLOSURE, WS_1011_INTERNAL_ERROR, close_code
+from serve_app.protocol.errors import WS_1000_NORMAL_CLOSURE, WS_1011_INTERNAL_ERROR, ClientError, close_code
+from serve_app.server.api_error import ApiError
+from serve_app.server.client_channel import ClientChannel, WebSocketChannel
+from serve_app.server.client_secrets import MINT_HINT, Admitted, MintedKey, admit
+from serve_app.server.delegate_pump import DelegatePump
 from serve_app.server.gateway import GatewayError, ModelGateway, ModelNotFound, SlotStream
 from serve_app.server.key_sessions import KeySessions
 from serve_app.server.listener import SessionListener, VadWorker
@@ -53,6 +59,8 @@ class ConnectionShared:
     transcription: TranscriptionPort | None
     streaming_asr: ModelGateway | None
     transcribing: TranscriptionSessions
+    delegates: Mapping[str, DelegateClient] = field(default_factory=dict)
+    """Each model id's delegate client (serve_app/delegate/), for the models that have one."""
 
 
 class RealtimeConnection:
@@ -60,26 +68,32 @@ class RealtimeConnection:
 
     def __init__(
         self,
-        ws: WebSocket,
+        channel: ClientChannel | WebSocket,
         gateway: ModelGateway,
         config: AppConfig,
         shared: ConnectionShared,
     ) -> None:
-        self.ws = ws
+        """`channel`: the client side (a bare WebSocket is wrapped as one)."""
+        self.channel = WebSocketChannel(channel) if isinstance(channel, WebSocket) else channel
         self.loop_lag = shared.loop_lag
         self.key_sessions = shared.key_sessions
         self.gateway = gateway
         self.config = config
         self.obs = shared.obs
-        headers = {k.lower(): v for k, v in ws.headers.items()}
-        self.subprotocols: list[str] = list(ws.scope.get("subprotocols") or [])
-        self.query = dict(ws.query_params)
+        headers = dict(self.channel.headers)
+        self.subprotocols: list[str] = list(self.channel.subprotocols)
+        self.query = dict(self.channel.query)
         self.headers = headers
-        self.model_id = self.query.get("model") or ""
+        # The key decides before the model does: a client secret fixes the session's model, kind and
+        # first configuration (client_secrets.py), whatever the URL says.
+        key = api_key_from_handshake(headers, self.subprotocols, self.query)
+        self.admission = admit(key, config.server, time.time())
+        minted = self.admission.minted if isinstance(self.admission, Admitted) else None
+        self.model_id = minted.model if minted else (self.query.get("model") or "")
         self.streaming_asr = shared.streaming_asr
         self.transcribing = shared.transcribing
         self.asr_backend = None
-        if self.query.get("intent") == INTENT:
+        if (minted.kind.value if minted else self.query.get("intent")) == INTENT:
             # A transcription session: no Moshi; its model is the ASR backend the URL names (or the default).
             self.asr_backend = transcription_backend(config.asr, self.model_id)
             self.model_id = self.asr_backend.id
@@ -92,7 +106,10 @@ class RealtimeConnection:
             now_epoch_s=time.time(),
             traits=self._traits(),
             kind=SessionKind.REALTIME if self.asr_backend is None else SessionKind.TRANSCRIPTION,
+            delegate=self._delegate_config(),
         )
+        if minted is not None:
+            self._preset(minted)
         server = config.server
         self.outbox = SendQueue(max_bytes=server.send_queue_bytes, max_audio_ms=server.send_queue_audio_ms)
         self.vad = shared.vad
@@ -104,6 +121,9 @@ class RealtimeConnection:
             self.session,
             self._flush,
             fallback_model=None if self.asr_backend is None else self.asr_backend.id,
+        )
+        self.delegate = DelegatePump(
+            shared.delegates.get(self.model_id), self._delegate_config(), self.session, self._flush, self.obs
         )
         self.stream: SlotStream | None = None
         self.engine_requests: deque[EngineRequest] = deque()
@@ -118,6 +138,20 @@ class RealtimeConnection:
         self.log = {"session_id": self.session_id, "model": self.model_id}
         self.reject_reason = ""
         """Why the session was refused, for the log (the client gets the code only)."""
+        self.reject_message: str | None = None
+        """What the refused client's error says instead of its code's usual sentence (an expired key)."""
+
+    def _preset(self, minted: MintedKey) -> None:
+        """A client secret's session configuration, from the session's start (session.created shows it)."""
+        try:
+            self.session.preset(minted.session)
+        except ClientError as exc:  # the server's models changed since it was minted
+            message = f"This client secret's session no longer fits this server: {exc.message} {MINT_HINT}"
+            self.admission = ApiError(401, "invalid_api_key", message)
+
+    def _delegate_config(self) -> DelegateConfig | None:
+        model = None if self.asr_backend is not None else self.config.model(self.model_id)
+        return None if model is None else model.delegate
 
     def _traits(self) -> ModelTraits | None:
         """What the session's model does with a persona; None for a transcription session or an unknown
@@ -127,11 +161,11 @@ class RealtimeConnection:
         return self.gateway.traits(self.model_id)
 
     async def run(self) -> None:
-        await self.ws.accept(subprotocol=select_subprotocol(self.subprotocols))
-        keys = self.config.server.effective_api_keys()
-        key = api_key_from_handshake(self.headers, self.subprotocols, self.query) if keys else None
-        with self.key_sessions.hold(key if key in keys else None) as allowed:
-            code = self._admission_error(keys, key, allowed)
+        await self.channel.accept(select_subprotocol(self.subprotocols))
+        admitted = self.admission if isinstance(self.admission, Admitted) else None
+        # An `ek_` session counts against the API key that minted it.
+        with self.key_sessions.hold(None if admitted is None else admitted.identity) as allowed:
+            code = self._admission_error(allowed)
             if code is None:
                 try:
                     if self.asr_backend is None:
@@ -168,12 +202,13 @@ class RealtimeConnection:
             raise ModelNotFound(f"the {backend.id} ASR backend has no streaming slots on this server")
         self.stt.adopt(await self.streaming_asr.open_session(backend.id, self.session_id))
 
-    def _admission_error(self, keys: frozenset[str], key: str | None, key_allowed: bool) -> str | None:
+    def _admission_error(self, key_allowed: bool) -> str | None:
         origins = self.config.server.allowed_origins
         if origins and "origin" in self.headers and self.headers["origin"] not in origins:
             return "origin_not_allowed"
-        if keys and key not in keys:
-            return "invalid_api_key"
+        if isinstance(self.admission, ApiError):
+            self.reject_message = self.reject_reason = self.admission.message
+            return self.admission.code
         if not key_allowed:
             return "too_many_sessions"
         if self.asr_backend is None and self.model_id not in self.gateway.model_ids():
@@ -193,14 +228,14 @@ class RealtimeConnection:
         # The one log line of a refused session on this side (the gateway logs its attempts at DEBUG).
         reason = f" ({self.reject_reason})" if self.reject_reason else ""
         logger.info("session rejected: %s%s", code, reason, extra={**self.log, "code": code})
-        self.session.fail(code)
+        self.session.fail(code, self.reject_message)
         for event in self.session.events_to_send():
-            await self.ws.send_text(event.text)
+            await self.channel.send(event)
         await self._close(close_code(code))
 
     async def _close(self, code: int) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code=code), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(self.channel.close(code), CLOSE_TIMEOUT_S)
 
     async def _serve(self, stream: SlotStream | None) -> None:
         """`stream`: the session's Moshi slot (None: a transcription session, which has none)."""
@@ -248,6 +283,7 @@ class RealtimeConnection:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+            await self.delegate.aclose()
             if too_slow:
                 writer.cancel()
             else:
@@ -263,6 +299,7 @@ class RealtimeConnection:
         requests = self.session.transcription_requests()
         if requests:
             self.transcriber.submit(self.stt.take(requests))
+        self.delegate.submit(self.session.delegate_asks())
         # Engine requests made by the clock, the engine's frames or server VAD (a script's deadline, a
         # barge-in's StopSaying) go out through the request pump, behind any not yet sent.
         self.engine_requests.extend(self.session.engine_requests())
@@ -276,7 +313,7 @@ class RealtimeConnection:
             self._observe(event)
             # Watched by the clock pump (a timeout per send would cost a task per message).
             self.sending_since = time.monotonic()
-            await self.ws.send_text(event.text)
+            await self.channel.send(event)
             self.sending_since = None
 
     def _observe(self, event: OutgoingEvent) -> None:
@@ -292,12 +329,9 @@ class RealtimeConnection:
 
     async def _read_client(self, stream: SlotStream | None) -> None:
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("text")
+            data = await self.channel.receive_text()
             if data is None:
-                data = message.get("bytes") or b""
+                return
             self.session.receive_client_text(data)
             if stream is not None:
                 # Before the audio: a prompted model's persona must reach the slot ahead of its first step.

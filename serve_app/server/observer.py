@@ -18,6 +18,15 @@ class SessionObserver(Protocol):
         """Seconds from the session's first input audio to its first output audio delta."""
         ...
 
+    def delegate_call(self, model_id: str, result: str, seconds: float) -> None:
+        """A delegate call ended after `seconds`: `result` is "ok" (a text reply), "tool_calls", or the
+        error code the session got (delegate_timeout, delegate_failed, delegate_invalid_reply)."""
+        ...
+
+    def tool_calls(self, model_id: str, count: int) -> None:
+        """A delegate reply asked for `count` function calls."""
+        ...
+
 
 class NullObserver:
     def session_started(self, model_id: str) -> None:
@@ -33,4 +42,10 @@ class NullObserver:
         pass
 
     def first_audio(self, model_id: str, seconds: float) -> None:
+        pass
+
+    def delegate_call(self, model_id: str, result: str, seconds: float) -> None:
+        pass
+
+    def tool_calls(self, model_id: str, count: int) -> None:
         pass

@@ -222,6 +222,10 @@ class Conversation:
     def last_id(self) -> str | None:
         return self._items[-1].id if self._items else None
 
+    def wire_items(self, dialect: Dialect) -> list[JsonObject]:
+        """Every item as the client sees it (no audio), oldest first."""
+        return [item.to_wire(dialect) for item in self._items]
+
     def add(self, item: Item, previous_item_id: str | None = None) -> str | None:
         """Insert after previous_item_id (None: at the end; "root": first); returns the actual previous id."""
         if item.id in self._by_id:

@@ -64,6 +64,11 @@ class Response:
         self._emit = emit
         self.scripted = scripted
         """It says a client's text (scripted.py), not an utterance of Moshi's own."""
+        self.delegated = False
+        """It waits for the delegate's answer (delegation.py): it owns the turn, and its deadline is the
+        delegate's, not Moshi's."""
+        self.calls: list[JsonObject] = []
+        """The function_call items it output (a delegate's tool calls), in output order."""
         self._encoder = AudioEncoder(options.output_format)
         self.state = ResponseState.WAITING
         self.status: str = "in_progress"
@@ -85,7 +90,7 @@ class Response:
         """Moshi stepped an engine frame while this response was active (after the frame, as it left
         the response); True when a waiting response has now waited all its frames."""
         self._fresh = True
-        if self.state is not ResponseState.WAITING:
+        if self.state is not ResponseState.WAITING or self.delegated:
             return False
         self._waited_frames += 1
         return self._waited_frames >= self._deadlines.wait_frames
@@ -94,7 +99,7 @@ class Response:
         """A clock tick; True when a deadline passed: still waiting after `wait_ms`, or streaming with no
         engine frame for `stall_ms`. Deadlines start at the first tick that sees them, so they never
         fire early."""
-        if self._clock_mark_s is None:
+        if self._clock_mark_s is None or self.delegated:
             self._clock_mark_s, self._fresh = now_s, False
             return False
         elapsed_ms = (now_s - self._clock_mark_s) * 1000
@@ -121,6 +126,39 @@ class Response:
         announce = "conversation.item.added" if self.dialect is Dialect.GA else "conversation.item.created"
         self._emit({"type": announce, "previous_item_id": previous_item_id, "item": in_progress})
         self._emit({"type": "response.content_part.added", **self._where(), "part": self._part("")})
+
+    def speak(self) -> None:
+        """The delegate answered with text: from now on this is a scripted response, with Moshi's
+        deadlines starting afresh."""
+        self.delegated = False
+        self.scripted = True
+        self._waited_frames = 0
+        self._clock_mark_s = None
+
+    def call_functions(self, calls: list[JsonObject], previous_ids: list[str | None]) -> None:
+        """Output the function_call items `calls` (already in the conversation, after `previous_ids`):
+        the Realtime function-calling flow, one item after another, each complete (the arguments come
+        whole, in one delta)."""
+        require("output function calls", self.state, ResponseState.WAITING)
+        self.delegated = False
+        for index, (call, previous_id) in enumerate(zip(calls, previous_ids, strict=True)):
+            where = {"response_id": self.id, "output_index": index}
+            in_progress = {**call, "status": "in_progress", "arguments": ""}
+            self._emit({"type": "response.output_item.added", **where, "item": in_progress})
+            announce = (
+                "conversation.item.added" if self.dialect is Dialect.GA else "conversation.item.created"
+            )
+            self._emit({"type": announce, "previous_item_id": previous_id, "item": in_progress})
+            args = {**where, "item_id": call["id"], "call_id": call["call_id"]}
+            self._emit({"type": "response.function_call_arguments.delta", **args, "delta": call["arguments"]})
+            done = {**args, "arguments": call["arguments"]}
+            if self.dialect is Dialect.GA:
+                done["name"] = call["name"]  # a GA field; beta clients take it from the item
+            self._emit({"type": "response.function_call_arguments.done", **done})
+            self._emit({"type": "response.output_item.done", **where, "item": call})
+            if self.dialect is Dialect.GA:
+                self._emit({"type": "conversation.item.done", "previous_item_id": previous_id, "item": call})
+            self.calls.append(call)
 
     def add_frame(self, frame: EngineFrame) -> None:
         require("add a frame to the response", self.state, ResponseState.STREAMING)
@@ -217,6 +255,9 @@ class Response:
             "output_token_details": {"text_tokens": self.text_deltas, "audio_tokens": audio_tokens},
         }
 
+    def _output(self) -> list[JsonObject]:
+        return [*([] if self.item is None else [self.item.to_wire(self.dialect)]), *self.calls]
+
     def to_wire(self) -> JsonObject:
         options = self.options
         wire: JsonObject = {
@@ -224,9 +265,7 @@ class Response:
             "object": "realtime.response",
             "status": self.status,
             "status_details": self.status_details,
-            "output": [self.item.to_wire(self.dialect)]
-            if self.item is not None and self.state is ResponseState.DONE
-            else [],
+            "output": self._output() if self.state is ResponseState.DONE else [],
             "conversation_id": options.conversation_id,
             "max_output_tokens": options.max_output_tokens,
             "metadata": options.metadata,

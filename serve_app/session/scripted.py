@@ -56,6 +56,11 @@ class Scripts:
         if isinstance(item, ClientItem) and script_text(item.wire):
             self._pending.append(item)
 
+    @property
+    def pending(self) -> bool:
+        """Assistant text waits for the next response.create."""
+        return any(item.id in self._conversation for item in self._pending)
+
     def take(self) -> str | None:
         """The text a response.create is to say: the pending items still in the conversation, joined by a
         space (one item: exactly its text); None when there is nothing to say."""

@@ -6,11 +6,12 @@ socket, task, timer or clock, so the same object runs under the Starlette shell 
 This module is the face (lifecycle and limits, the dispatch table, the drains) and the rules that cross
 concepts (barge-in, trimming). The concepts' modules: turns.py, input_audio.py, items.py, transcripts.py,
 session_update.py (what an update may change), client_config.py, events.py, transcription_session.py,
-persona.py, scripted.py, engine_requests.py.
+persona.py, scripted.py, engine_requests.py, delegation.py.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from serve_app.session import transcription_session as transcription
 from serve_app.session.client_config import response_options
 from serve_app.session.config import SessionKind
 from serve_app.session.conversation import Conversation
+from serve_app.session.delegation import DelegateAsk, Delegation
 from serve_app.session.engine_requests import EngineRequest, EngineRequests
 from serve_app.session.input_audio import InputAudio, TranscriptionRequest
 from serve_app.session.items import Items
@@ -42,6 +44,8 @@ from serve_app.session.turns import Turns
 
 if TYPE_CHECKING:
     from serve_app.config import ModelTraits
+    from serve_app.delegate.config import DelegateConfig
+    from serve_app.delegate.messages import DelegateReply
 
 __all__ = ["RealtimeSession", "TranscriptionRequest"]
 
@@ -59,11 +63,13 @@ class RealtimeSession:
         now_epoch_s: float,
         traits: ModelTraits | None = None,
         kind: SessionKind = SessionKind.REALTIME,
+        delegate: DelegateConfig | None = None,
     ) -> None:
         """`now_epoch_s`: wall-clock time at creation (the core reads no clock), for session.expires_at.
         `traits`: what the model does with a persona (persona.py); None: it has no prompt channel.
         `kind`: a transcription session (transcription_session.py) has no Moshi; its `model_id` is its ASR
-        backend, its transcription model until an update names another."""
+        backend, its transcription model until an update names another.
+        `delegate`: the text model that answers for Moshi (delegation.py); None: tools are only echoed."""
         self.session_id = session_id
         self.model_id = model_id
         self.dialect = dialect
@@ -105,7 +111,16 @@ class RealtimeSession:
         self._transcripts = Transcripts(
             items=self._items, open_speech=lambda: self._input.open_speech, emit=emit, log=self._log
         )
-        respond = transcription.refuse_response if transcribing else self._turns.on_create
+        self._delegation = Delegation(
+            delegate=None if transcribing else delegate,
+            dialect=dialect,
+            conversation=self.conversation,
+            turns=self._turns,
+            config=lambda: self.config,
+            report=self._server_error,
+            log=self._log,
+        )
+        respond = transcription.refuse_response if transcribing else self._on_response_create
         self._handlers: dict[str, ev.Handler] = dict(
             (
                 ev.route(self._on_session_update, *ev.SESSION_UPDATE),
@@ -157,6 +172,18 @@ class RealtimeSession:
             self._outbox.emit({"type": "conversation.created", "conversation": conversation})
         logger.info("realtime session open", extra=self._log)
 
+    def preset(self, session: JsonObject) -> JsonObject:
+        """Before `connect()`: configure the session from a GA session object (a client secret's or a
+        WebRTC call's, serve_app/server/client_secrets.py) as a session.update would, silently, so that
+        session.created shows it. Returns the session object session.created will carry; raises the
+        ClientError a session.update with it would get. The client may still update the session later."""
+        require("preset", self.state, SessionState.CONNECTING)
+        update = json.dumps({"type": "session.update", "session": session})
+        event = parse_client_event(Dialect.GA, update)  # minted through the GA endpoint: GA's shape
+        assert isinstance(event, ev.SESSION_UPDATE)
+        self._take_update(event, Dialect.GA)
+        return self._session_object()
+
     def receive_client_text(self, data: str | bytes) -> None:
         """Handle one client WebSocket message. Whatever is wrong with it becomes exactly one `error`."""
         if self.closed:
@@ -199,6 +226,7 @@ class RealtimeSession:
             return
         self._input.on_clock(now_s)
         self._turns.on_clock(now_s)
+        self._delegation.on_clock(now_s)
 
     def fail(self, code: str, message: str | None = None, **fields: Any) -> None:
         """Queue a server-side `error` (session_lost, server_at_capacity, ...) and close the session.
@@ -254,6 +282,8 @@ class RealtimeSession:
 
     def input_transcription_completed(self, item_id: str, transcript: str, *, streamed: bool = False) -> None:
         self._transcripts.completed(item_id, transcript, streamed=streamed)
+        if not self.closed and self._items.user_item(item_id) is not None:
+            self._delegation.user_turn_transcribed()
 
     def input_transcription_failed(self, item_id: str, message: str) -> None:
         self._transcripts.failed(item_id, message)
@@ -264,6 +294,7 @@ class RealtimeSession:
         if self.closed:
             return ""
         item_id = self._input.speech_started(audio_start_ms)
+        self._delegation.user_speaking()
         detection = self.config.turn_detection
         if detection is not None and detection.interrupt_response and self._turns.streaming is not None:
             self._turns.cancel("turn_detected")
@@ -273,14 +304,33 @@ class RealtimeSession:
         """Server VAD heard the user stop (silence included; the speech ended at `speech_end_ms`)."""
         if self.closed:
             return ""
-        return self._input.speech_stopped(audio_end_ms, speech_end_ms, self.config.transcription)
+        return self._input.speech_stopped(audio_end_ms, speech_end_ms, self._transcription())
+
+    # The delegate (delegation.py) -----------------------------------------------------------------
+
+    def delegate_asks(self) -> list[DelegateAsk]:
+        """Questions for the delegate, to be answered off the audio path; drains."""
+        return self._delegation.take_asks()
+
+    def delegate_replied(self, ask_id: int, reply: DelegateReply, now_s: float) -> None:
+        if not self.closed:
+            self._delegation.replied(ask_id, reply, now_s)
+
+    def delegate_failed(self, ask_id: int, code: str, message: str) -> None:
+        if not self.closed:
+            self._delegation.failed(ask_id, code, message)
 
     # Client events ------------------------------------------------------------------------------
 
     def _on_session_update(self, event: ev.SessionUpdate | ev.TranscriptionSessionUpdate) -> None:
+        self._take_update(event, self.dialect)
+        updated_type = transcription.updated_type(self.kind, self.dialect)
+        self._outbox.emit({"type": updated_type, "session": self._session_object()})
+
+    def _take_update(self, event: ev.SessionUpdate | ev.TranscriptionSessionUpdate, dialect: Dialect) -> None:
         updated = updated_config(
             event,
-            dialect=self.dialect,
+            dialect=dialect,
             kind=self.kind,
             config=self.config,
             persona=self._persona,
@@ -289,14 +339,27 @@ class RealtimeSession:
         if updated.input_format is not self.config.input_format:
             self._input.set_format(updated.input_format)
         self.config = updated
-        updated_type = transcription.updated_type(self.kind, self.dialect)
-        self._outbox.emit({"type": updated_type, "session": self._session_object()})
 
     def _on_item_create(self, event: ev.ItemCreate) -> None:
         self._scripts.item_added(self._items.create(event))
 
     def _on_commit(self, event: ev.Commit) -> None:
-        self._input.commit(self.config.transcription)
+        self._input.commit(self._transcription())
+
+    def _on_response_create(self, event: ev.ResponseCreate) -> None:
+        """Assistant text pending: Moshi says it; else with a delegate, the delegate answers; else the
+        response waits for Moshi's next utterance."""
+        if self._delegation.enabled and not self._scripts.pending:
+            self._delegation.on_response_create(event.response)
+        else:
+            self._turns.on_create(event)
+
+    def _transcription(self) -> dict[str, Any] | None:
+        """The client's transcription settings; with a delegate, every turn is transcribed (the delegate
+        reads the user's words), on the default backend unless the client chose one."""
+        if self.config.transcription is None and self._delegation.enabled:
+            return {}
+        return self.config.transcription
 
     def _on_item_retrieve(self, event: ev.ItemRetrieve) -> None:
         self._items.retrieve(event.item_id, self.config)
@@ -323,6 +386,9 @@ class RealtimeSession:
         return transcription.echo(
             self.kind, self.dialect, self.config, self.session_id, self.model_id, self._expires_at
         )
+
+    def _server_error(self, code: str, message: str) -> None:
+        self._outbox.emit(error_payload(code, message, error_type=ERRORS[code].type))
 
     def _client_error(self, e: ClientError) -> None:
         logger.info("client event rejected", extra={**self._log, "code": e.code, "param": e.param})

@@ -24,8 +24,9 @@ from serve_app.engine.port import EngineFrame
 from serve_app.protocol.dialect import Dialect
 from serve_app.protocol.errors import ClientError
 from serve_app.protocol.ids import new_item_id, new_response_id
+from serve_app.protocol.json_object import JsonObject
 from serve_app.session.config import ResponseOptions
-from serve_app.session.conversation import AssistantItem, Conversation
+from serve_app.session.conversation import AssistantItem, ClientItem, Conversation
 from serve_app.session.events import OutputAudioClear, ResponseCancel, ResponseCreate
 from serve_app.session.response import Deadlines, FinalStatus, Reason, Response
 from serve_app.session.scripted import Scripts
@@ -96,7 +97,8 @@ class Turns:
                 self._say(script, frame)
             # else: the script outlived its response (it ends with it: StopSaying is on its way)
         elif not frame.scripted:
-            self._moshi_frame(frame, muted=script is not None)
+            # A scripted response, or one waiting for the delegate's words, owns the turn.
+            self._moshi_frame(frame, muted=response is not None and (response.scripted or response.delegated))
         # else: a stopped script's leftover (scripted.py): off the wire
         if self._response is not None and self._response.on_frame():
             self._end_unanswered(self._response)
@@ -167,6 +169,46 @@ class Turns:
                 "response waiting for Moshi to speak", extra={**self._log, "response_id": response.id}
             )
 
+    # The delegate's side (delegation.py) ----------------------------------------------------------
+
+    def open_delegated(self, params: BaseModel | None) -> Response:
+        """A response that waits for the delegate's answer (a response.create's, or a user turn's)."""
+        if self._response is not None:
+            raise ClientError("conversation_already_has_active_response", response_id=self._response.id)
+        response = self._new_response(self._options(params))
+        response.delegated = True
+        logger.info("response waits for the delegate", extra={**self._log, "response_id": response.id})
+        return response
+
+    def speak(self, response: Response, text: str) -> None:
+        """The delegate answered `response` with text: Moshi says it (a scripted response from here)."""
+        response.speak()
+        self._scripts.say(text)
+
+    def call_functions(self, response: Response, calls: list[JsonObject]) -> None:
+        """The delegate answered `response` with function calls: each becomes a function_call item, and
+        the response is done (the client runs them, adds their output, and asks for the next response)."""
+        previous_ids = [self._conversation.add(ClientItem(id=call["id"], wire=call)) for call in calls]
+        response.call_functions(calls, previous_ids)
+        self._item_opened()
+        self._finish(response, "completed")
+
+    def fail_delegated(self, response: Response, error: dict[str, str]) -> None:
+        """The delegate gave no usable answer: the response ends failed (its error was told already)."""
+        if response is self._response and response.delegated:
+            self._finish(response, "failed", error=error)
+
+    def yield_floor(self) -> bool:
+        """End Moshi's own response so a delegate's answer can start: True when the floor is free now. A
+        client's or the delegate's response keeps it until it ends."""
+        response = self._response
+        if response is None:
+            return True
+        if response.scripted or response.delegated:
+            return False
+        self.cancel(None)
+        return True
+
     def on_cancel(self, event: ResponseCancel) -> None:
         response = self._response
         if response is None or (event.response_id and event.response_id != response.id):
@@ -182,7 +224,7 @@ class Turns:
             raise ClientError("response_cancel_not_active")
         self._emit({"type": "output_audio_buffer.cleared", "response_id": self.last_response_id})
 
-    def cancel(self, reason: Reason) -> Response | None:
+    def cancel(self, reason: Reason | None) -> Response | None:
         """End the active response (if any) as cancelled; Moshi's utterance goes on in the model, so the
         rest of it stays off the wire until it ends. Returns the response it ended."""
         response = self._response

@@ -350,6 +350,9 @@ async def test_metrics_are_exported(cluster: Cluster) -> None:
         "ray_moshi_realtime_errors_total": 'code="invalid_json"',
         # Every model replica reports its persona prompt cache (empty on models without a prompt channel).
         "ray_moshi_realtime_prompt_cache_bytes": 'model="moshi-sft"',
+        # The delegate path's series exist from zero, for every model (none has a delegate here).
+        "ray_moshi_realtime_delegate_calls_total": 'result="delegate_timeout"',
+        "ray_moshi_realtime_tool_calls_total": 'model="moshi-base"',
     }
     deadline = time.monotonic() + 30
     missing: list[str] = list(expected)

@@ -1,45 +1,25 @@
-"""An in-process server (uvicorn thread, no Ray) on the embedded tiny checkpoints, shared by the module."""
+"""An in-process server (serve_app/server/in_process.py: uvicorn thread, no Ray) on the embedded tiny
+checkpoints, shared by the session."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Any
 
 import pytest
-import uvicorn
 
 from serve_app.asr.config import AsrBackendConfig, AsrConfig
-from serve_app.asr.service import AsrService
 from serve_app.config import AppConfig, ModelConfig, RealtimeLimits
 from serve_app.engine.spec import ModelSpec
-from serve_app.engine.startup import start_runner
-from serve_app.server.app import build_realtime_app
-from serve_app.server.local_gateway import LocalGateway, build_local_gateway
-from serve_app.server.transcription import LocalTranscription
+from serve_app.server.in_process import RunningServer, serve_in_process
+from serve_app.server.local_gateway import LocalSlotStream
 from serve_app.session.settings import SessionSettings
-from tests.fixtures.net import free_port
+
+__all__ = ["RunningServer", "serve_in_process"]
 
 BROKEN_ASR = "broken-asr"
 STREAMING_ASR = "kyutai-stt-tiny"
 """A generated tiny Kyutai-STT-shaped checkpoint (random text) on 2 streaming slots."""
-
-
-@dataclass
-class RunningServer:
-    host: str
-    gateway: LocalGateway
-    config: AppConfig
-
-    @property
-    def ws_base(self) -> str:
-        return f"ws://{self.host}/v1"
-
-    @property
-    def http_base(self) -> str:
-        return f"http://{self.host}"
 
 
 @pytest.fixture(scope="session")
@@ -77,43 +57,19 @@ def local_server() -> Iterator[RunningServer]:
         yield server
 
 
-@contextlib.contextmanager
-def serve_in_process(config: AppConfig) -> Iterator[RunningServer]:
-    """The app on uvicorn in a thread of this process, with a local gateway (no Ray)."""
-    gateway = build_local_gateway(config)
-    streaming = config.asr.streaming_backend
-    streaming_asr = None
-    if streaming is not None:
-        engine = streaming.engine_config()
-        streaming_asr = LocalGateway({engine.id: start_runner(**engine.runner_options(), text_only=True)})
-    port = free_port()
-    app = build_realtime_app(
-        gateway,
-        config,
-        transcription=LocalTranscription(AsrService(config.asr)),
-        streaming_asr=streaming_asr,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            ws_ping_interval=config.server.ping_interval_s,
-            ws_ping_timeout=config.server.ping_timeout_s,
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "in-process server did not start"
-        time.sleep(0.05)
-    try:
-        yield RunningServer(f"127.0.0.1:{port}", gateway, config)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        gateway.stop()
-        if streaming_asr is not None:
-            streaming_asr.stop()
+@pytest.fixture
+def slot_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """What the app hands the slots (the local gateway's streams), in order: (method, *args); send_audio
+    without its PCM."""
+    calls: list[tuple[Any, ...]] = []
+    for name in ("set_persona", "say", "stop_saying", "send_audio"):
+        original = getattr(LocalSlotStream, name)
+
+        async def record(
+            self: LocalSlotStream, *args: Any, _name: str = name, _original: Any = original
+        ) -> None:
+            calls.append((_name,) if _name == "send_audio" else (_name, *args))
+            await _original(self, *args)
+
+        monkeypatch.setattr(LocalSlotStream, name, record)
+    return calls

@@ -16,7 +16,6 @@ from openai import AsyncOpenAI
 from serve_app.config import EMBEDDED_MODELS, EMBEDDED_PERSONA_MODEL, AppConfig, RealtimeLimits
 from serve_app.constants import SAMPLE_RATE
 from serve_app.engine.port import Persona
-from serve_app.server.local_gateway import LocalSlotStream
 from serve_app.session.settings import SessionSettings
 from tests.fixtures.audio import speech_like, to_pcm16
 from tests.server.conftest import RunningServer, serve_in_process
@@ -95,24 +94,6 @@ def embedded_server() -> Iterator[RunningServer]:
 def dialect(request: pytest.FixtureRequest) -> Dialect:
     value: Dialect = request.param
     return value
-
-
-@pytest.fixture
-def slot_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """What the app hands the slots (the local gateway's streams), in order: (method, *args); send_audio
-    without its PCM."""
-    calls: list[tuple[Any, ...]] = []
-    for name in ("set_persona", "say", "stop_saying", "send_audio"):
-        original = getattr(LocalSlotStream, name)
-
-        async def record(
-            self: LocalSlotStream, *args: Any, _name: str = name, _original: Any = original
-        ) -> None:
-            calls.append((_name,) if _name == "send_audio" else (_name, *args))
-            await _original(self, *args)
-
-        monkeypatch.setattr(LocalSlotStream, name, record)
-    return calls
 
 
 @contextlib.asynccontextmanager

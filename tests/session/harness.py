@@ -29,6 +29,7 @@ from serve_app.session.settings import SessionSettings
 
 if TYPE_CHECKING:
     from serve_app.config import ModelTraits
+    from serve_app.delegate.config import DelegateConfig
 
 
 def _table(union: Any) -> dict[str, type[BaseModel]]:
@@ -61,6 +62,9 @@ def _check_item(item: dict[str, Any]) -> None:
         assert isinstance(item.get("content"), list), item
         for part in item["content"]:
             _check_part(part)
+    if item["type"] == "function_call":
+        for key in ("call_id", "name", "arguments"):
+            assert isinstance(item.get(key), str), (key, item)
 
 
 def _check_response(response: dict[str, Any], dialect: Dialect) -> None:
@@ -71,7 +75,7 @@ def _check_response(response: dict[str, Any], dialect: Dialect) -> None:
     assert ("output_modalities" if dialect is Dialect.GA else "modalities") in response
     for item in response["output"]:
         _check_item(item)
-        for part in item["content"]:
+        for part in item.get("content", []):
             assert "audio" not in part, "response output carries no audio"
 
 
@@ -134,6 +138,7 @@ class Harness:
         *,
         connect: bool = True,
         traits: ModelTraits | None = None,
+        delegate: DelegateConfig | None = None,
     ) -> None:
         self.dialect = dialect
         self.session = RealtimeSession(
@@ -143,6 +148,7 @@ class Harness:
             settings=settings or SessionSettings(),
             now_epoch_s=1_700_000_000,
             traits=traits,
+            delegate=delegate,
         )
         self.seen_event_ids: set[str] = set()
         self.log: list[dict[str, Any]] = []
