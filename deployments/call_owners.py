@@ -35,12 +35,12 @@ def registry_name(app_name: str) -> str:
     return f"moshi-call-owners:{app_name}"
 
 
-def registry(app_name: str) -> ActorHandle:
+def registry(app_name: str) -> ActorHandle[CallOwnerRegistry]:
     """The application's directory (created by the first replica that asks)."""
     options = CallOwnerRegistry.options(  # type: ignore[attr-defined]
         name=registry_name(app_name), namespace=serve_namespace(), lifetime="detached", get_if_exists=True
     )
-    handle: ActorHandle = options.remote()
+    handle: ActorHandle[CallOwnerRegistry] = options.remote()
     return handle
 
 

@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
 from deployments.asr import ASR_DEPLOYMENT, RayTranscription
+from deployments.call_owners import RayCallOwners
 from deployments.metrics import IngressMetrics
 from deployments.ray_gateway import DEFAULT_ADMISSION_TIMEOUT_S, RayGateway
 from serve_app.banner import http_base, ready_lines
@@ -71,6 +72,8 @@ class RealtimeIngress:
                 node_id,
                 deployment_status=lambda: {streaming.id: self.running().get(ASR_DEPLOYMENT, False)},
             )
+        # Hangups and sidebands for this replica's WebRTC calls reach it from the other ingress replicas.
+        self._call_owners = RayCallOwners(self._app_name)
         freeze_heap()  # Ray, Starlette and the SDK's event types: out of the collector's full passes
         threading.Thread(target=self._watch_deployments, name="deployment-status", daemon=True).start()
 
@@ -127,6 +130,7 @@ class RealtimeIngress:
             observer=self._metrics,
             transcription=self._transcription,
             streaming_asr=self._streaming_asr,
+            call_owners=self._call_owners,
         )
 
     def _running_models(self) -> dict[str, bool]:

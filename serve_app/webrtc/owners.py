@@ -79,7 +79,9 @@ class OwnerPort:
     """The call routes (owner_routes in routes.py) on `owners.host`:<ephemeral>, served by uvicorn in this
     loop (the loop the calls live in), published in the directory while it listens."""
 
-    def __init__(self, app: ASGIApp, owners: CallOwners, ping_interval_s: float, ping_timeout_s: float) -> None:
+    def __init__(
+        self, app: ASGIApp, owners: CallOwners, ping_interval_s: float, ping_timeout_s: float
+    ) -> None:
         self._owners = owners
         self._host = owners.host
         self._server = _Server(
@@ -112,7 +114,9 @@ class OwnerPort:
             await asyncio.sleep(0.01)
         address = f"[{self._host}]:{port}" if family == socket.AF_INET6 else f"{self._host}:{port}"
         await self._owners.publish(address)
-        logger.info("call routes of owner %s also on %s (for the other ingress replicas)", self._owners.owner, address)
+        logger.info(
+            "call routes of owner %s also on %s (for the other ingress replicas)", self._owners.owner, address
+        )
         return address
 
     async def stop(self) -> None:
