@@ -25,6 +25,7 @@ from serve_app.delegate.scripted_server import (
     first_turn_tool,
     reply_hang,
     reply_status,
+    reply_text,
     reply_tool_calls,
 )
 from serve_app.engine.spec import ModelSpec
@@ -275,24 +276,36 @@ async def test_the_beta_dialect_sees_the_same_flow(server: RunningServer) -> Non
 
 
 @pytest.mark.parametrize(
-    ("step", "code"),
+    ("step", "code", "tool_choice"),
     [
-        (reply_hang(5.0), "delegate_timeout"),
-        (reply_status(500, {"error": {"message": "boom"}}), "delegate_failed"),
-        (reply_tool_calls([("get_weather", "{not json")]), "delegate_invalid_reply"),
-        (reply_tool_calls([("delete_everything", {})]), "delegate_invalid_reply"),
+        (reply_hang(5.0), "delegate_timeout", "auto"),
+        (reply_status(500, {"error": {"message": "boom"}}), "delegate_failed", "auto"),
+        (reply_tool_calls([("get_weather", "{not json")]), "delegate_invalid_reply", "auto"),
+        (reply_tool_calls([("delete_everything", {})]), "delegate_invalid_reply", "auto"),
+        # A delegate that ignores tool_choice: its call under "none", its text under "required".
+        (reply_tool_calls([("get_weather", ARGUMENTS)]), "delegate_invalid_reply", "none"),
+        (reply_text("No tool for you."), "delegate_invalid_reply", "required"),
     ],
-    ids=["timeout", "http-500", "malformed-arguments", "undeclared-function"],
+    ids=[
+        "timeout",
+        "http-500",
+        "malformed-arguments",
+        "undeclared-function",
+        "call-under-none",
+        "text-under-required",
+    ],
 )
 async def test_a_failing_delegate_costs_the_answer_not_the_audio(
-    server: RunningServer, chat: ScriptedChatServer, step: Any, code: str
+    server: RunningServer, chat: ScriptedChatServer, step: Any, code: str, tool_choice: str
 ) -> None:
     client = AsyncOpenAI(api_key="sk-test", websocket_base_url=server.ws_base)
     async with client.realtime.connect(model=DUPLEX) as conn:
         assert (await conn.recv()).type == "session.created"
-        await conn.session.update(session={"type": "realtime", "tools": [WEATHER_TOOL]})
+        update = {"type": "realtime", "tools": [WEATHER_TOOL], "tool_choice": tool_choice}
+        await conn.session.update(session=update)  # type: ignore[arg-type]
         assert (await conn.recv()).type == "session.updated"
         chat.add(step)
+        asked = len(chat.requests)
         await conn.response.create()
         seen: dict[str, list[Any]] = {}
 
@@ -304,12 +317,15 @@ async def test_a_failing_delegate_costs_the_answer_not_the_audio(
                 while not seen.get("error"):
                     event = await conn.recv()
                     seen.setdefault(event.type, []).append(event)
+                # The delegate's reply became no function_call item.
+                assert "response.function_call_arguments.done" not in seen
                 # After the error, the session goes on: Moshi's audio still flows (duplex mode).
                 while len(seen.get("response.output_audio.delta", [])) < 5:
                     event = await conn.recv()
                     seen.setdefault(event.type, []).append(event)
     (error,) = seen["error"]
     assert error.error.code == code and error.error.event_id is None
+    assert chat.requests[asked][1].get("tool_choice") == tool_choice  # what the delegate was told
     assert "sk-" not in error.error.message
     failed = [e for e in seen["response.done"] if e.response.status == "failed"]
     assert len(failed) == 1 and failed[0].response.status_details.error.code == code
