@@ -5,7 +5,7 @@ takes the same path as a WebSocket's (rate and backlog limits, server VAD, Moshi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import av
 import numpy as np
@@ -32,12 +32,7 @@ class TrackInput:
 
     async def run(self, track: MediaStreamTrack) -> None:
         """Until the track ends."""
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            assert isinstance(frame, av.AudioFrame)
+        async for frame in audio_frames(track):
             self.hear(frame)
 
     def hear(self, frame: av.AudioFrame) -> None:
@@ -50,3 +45,14 @@ class TrackInput:
                 self._encoder = AudioEncoder(fmt)
             audio = self._encoder.encode(pcm16_to_float(chunk))
             self._deliver(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+
+
+async def audio_frames(track: MediaStreamTrack) -> AsyncIterator[av.AudioFrame]:
+    """A remote audio track's frames, until it ends."""
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        assert isinstance(frame, av.AudioFrame)
+        yield frame

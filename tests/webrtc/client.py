@@ -19,6 +19,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from serve_app.constants import SAMPLE_RATE
+from serve_app.webrtc.audio_in import audio_frames
 from tests.fixtures.speech import sentences_pcm16
 
 FRAME_SAMPLES = SAMPLE_RATE // 50  # 20 ms
@@ -142,12 +143,7 @@ class RtcClient:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         async def collect() -> None:
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                assert isinstance(frame, av.AudioFrame)
+            async for frame in audio_frames(track):
                 samples = frame.to_ndarray().reshape(-1)[:: len(frame.layout.channels)]
                 self.audio.append(samples.astype(np.int16))
 
