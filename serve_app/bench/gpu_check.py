@@ -48,13 +48,13 @@ from moshi.utils.compile import no_cuda_graph
 from torch import nn
 
 from serve_app.bench.engine_bench import git_commit, machine_info
+from serve_app.bench.neighbours import streaming_neighbours
 from serve_app.bench.rebuild_bench import measure as measure_rebuild
 from serve_app.bench.rebuild_bench import synthetic_window
 from serve_app.constants import FRAME_MS, FRAME_SAMPLES
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from serve_app.engine.quantize import QuantizeMode, WeightOnlyLinear, module_bytes, quantize_lm
-from serve_app.engine.runner import ClockedRunner
 from serve_app.engine.single import SingleStream
 from serve_app.engine.sizing import (
     DEFAULT_BUDGET_FRACTION,
@@ -66,7 +66,6 @@ from serve_app.engine.sizing import (
 )
 from serve_app.engine.spec import ModelSpec, SamplingParams
 from serve_app.engine.state_bytes import streaming_state_bytes
-from serve_app.engine.tick_stats import TickStats
 from serve_app.engine.tiny import randomise_codebooks, train_tokenizer
 
 logger = logging.getLogger("gpu_check")
@@ -402,27 +401,18 @@ def run_rebuilds(model: LoadedModel, windows_s: Sequence[float], deadline: Deadl
     """rebuild_bench's measurement: one slot rebuilt while a neighbour streams in real time."""
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
-    with BatchedEngine(model, slots=2, sampling=SAMPLED) as engine:
-        engine.warmup()
-        runner = ClockedRunner(engine, max_lag_s=None)
-        ticks: list[TickStats] = []
-        runner.add_tick_listener(ticks.append)
-        runner.start()
-        try:
-            neighbour = runner.open_slot(lambda frame: None)
-            runner.push(neighbour, (rng.standard_normal(FRAME_SAMPLES * 3000) * 0.1).astype(np.float32))
-            for seconds in windows_s:
-                if not deadline.allows(10):
-                    break
-                row = measure_rebuild(runner, engine, ticks, synthetic_window(model, seconds, rng))
-                rows.append(row)
-                print(
-                    f"rebuild {row['window_s']:.0f} s of history: {row['wall_ms']:.0f} ms "
-                    f"({row['compute_ms']:.0f} ms compute, {row['chunks']} chunks)",
-                    flush=True,
-                )
-        finally:
-            runner.stop()
+    beside = streaming_neighbours(model, neighbours=1, frames=3000, sampling=SAMPLED, rng=rng, settle_s=0)
+    with beside as (engine, runner, ticks):
+        for seconds in windows_s:
+            if not deadline.allows(10):
+                break
+            row = measure_rebuild(runner, engine, ticks, synthetic_window(model, seconds, rng))
+            rows.append(row)
+            print(
+                f"rebuild {row['window_s']:.0f} s of history: {row['wall_ms']:.0f} ms "
+                f"({row['compute_ms']:.0f} ms compute, {row['chunks']} chunks)",
+                flush=True,
+            )
     return rows
 
 

@@ -26,7 +26,7 @@ import torch
 from moshi.models.lm import LMGen
 
 from serve_app.bench.engine_bench import full_size_model, git_commit, machine_info, model_info, run_and_save
-from serve_app.constants import FRAME_SAMPLES
+from serve_app.bench.neighbours import streaming_neighbours
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from serve_app.engine.personaplex import pick_voice
@@ -154,32 +154,23 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     print(f"prompt of {plan.steps} frames, isolated: {result['isolated']}", flush=True)
     rng = np.random.default_rng(args.seed)
     rows: list[dict[str, Any]] = []
-    with BatchedEngine(model, slots=args.neighbours + 1, sampling=SamplingParams()) as engine:
-        engine.warmup()
-        runner = ClockedRunner(engine, max_lag_s=None)
-        ticks: list[TickStats] = []
-        runner.add_tick_listener(ticks.append)
-        runner.start()
-        try:
-            for _ in range(args.neighbours):  # real-time input for the whole run, due 80 ms apart
-                slot = runner.open_slot(lambda frame: None)
-                runner.push(slot, (rng.standard_normal(FRAME_SAMPLES * 3_000) * 0.1).astype(np.float32))
-            time.sleep(1.0)
-            for repeat in range(args.repeats):
-                live = bench_plan(model, args.frames, f"live-{repeat}")
-                for framewise in (False, False, True):  # a miss, then a hit of the same key; then stepwise
-                    row = admission(runner, engine, ticks, live, framewise=framewise)
-                    rows.append(row)
-                    print(
-                        f"{row['way']:>10}: admitted in {row['wall_ms']:7.1f} ms ({row['compute_ms']:.1f} ms "
-                        f"compute, {row['chunks']} chunks, longest {row['longest_chunk_ms']:.1f} ms); "
-                        f"neighbours: {row['neighbour_late_ticks']}/{row['neighbour_ticks']} late ticks, "
-                        f"worst lag {row['neighbour_worst_lag_ms']:.0f} ms "
-                        f"(before: {row['neighbour_lag_before_ms']:.0f} ms)",
-                        flush=True,
-                    )
-        finally:
-            runner.stop()
+    beside = streaming_neighbours(
+        model, neighbours=args.neighbours, frames=3_000, sampling=SamplingParams(), rng=rng
+    )
+    with beside as (engine, runner, ticks):
+        for repeat in range(args.repeats):
+            live = bench_plan(model, args.frames, f"live-{repeat}")
+            for framewise in (False, False, True):  # a miss, then a hit of the same key; then stepwise
+                row = admission(runner, engine, ticks, live, framewise=framewise)
+                rows.append(row)
+                print(
+                    f"{row['way']:>10}: admitted in {row['wall_ms']:7.1f} ms ({row['compute_ms']:.1f} ms "
+                    f"compute, {row['chunks']} chunks, longest {row['longest_chunk_ms']:.1f} ms); "
+                    f"neighbours: {row['neighbour_late_ticks']}/{row['neighbour_ticks']} late ticks, "
+                    f"worst lag {row['neighbour_worst_lag_ms']:.0f} ms "
+                    f"(before: {row['neighbour_lag_before_ms']:.0f} ms)",
+                    flush=True,
+                )
     return {
         "command": command,
         "commit": git_commit(),

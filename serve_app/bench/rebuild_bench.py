@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from serve_app.bench.engine_bench import full_size_model, git_commit, machine_info, model_info, run_and_save
+from serve_app.bench.neighbours import streaming_neighbours
 from serve_app.constants import FRAME_SAMPLES, SAMPLE_RATE
 from serve_app.engine.batch import BatchedEngine
 from serve_app.engine.history import ResumeWindow
@@ -117,39 +118,28 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         model = load_model(ModelSpec(tiny_seed=args.seed, device=str(device), dtype=args.dtype))
     rng = np.random.default_rng(args.seed)
     rows = []
-    with BatchedEngine(model, slots=args.neighbours + 1, sampling=SamplingParams()) as engine:
-        engine.warmup()
-        runner = ClockedRunner(engine, max_lag_s=None)
-        ticks: list[TickStats] = []
-        runner.add_tick_listener(ticks.append)
-        runner.start()
-        try:
-            for _ in range(args.neighbours):  # real-time input for the whole run, due 80 ms apart
-                slot = runner.open_slot(lambda frame: None)
-                runner.push(slot, (rng.standard_normal(FRAME_SAMPLES * 12_000) * 0.1).astype(np.float32))
-            time.sleep(1.0)
-            measure(
-                runner, engine, ticks, synthetic_window(model, 2.0, rng)
-            )  # first-call costs out of the way
-            for seconds in args.windows:
-                best = min(
-                    (
-                        measure(runner, engine, ticks, synthetic_window(model, seconds, rng))
-                        for _ in range(args.repeats)
-                    ),
-                    key=lambda row: row["wall_ms"],
-                )
-                rows.append(best)
-                print(
-                    f"{best['window_s']:6.1f} s of history: slot rebuilt in {best['wall_ms']:7.1f} ms "
-                    f"({best['compute_ms']:.1f} ms compute, {best['chunks']} chunks, longest "
-                    f"{best['longest_chunk_ms']:.1f} ms); neighbours: "
-                    f"{best['neighbour_late_ticks']}/{best['neighbour_ticks']} late ticks, worst lag "
-                    f"{best['neighbour_worst_lag_ms']:.0f} ms (before {best['neighbour_lag_before_ms']:.0f})",
-                    flush=True,
-                )
-        finally:
-            runner.stop()
+    beside = streaming_neighbours(
+        model, neighbours=args.neighbours, frames=12_000, sampling=SamplingParams(), rng=rng
+    )
+    with beside as (engine, runner, ticks):
+        measure(runner, engine, ticks, synthetic_window(model, 2.0, rng))  # first-call costs out of the way
+        for seconds in args.windows:
+            best = min(
+                (
+                    measure(runner, engine, ticks, synthetic_window(model, seconds, rng))
+                    for _ in range(args.repeats)
+                ),
+                key=lambda row: row["wall_ms"],
+            )
+            rows.append(best)
+            print(
+                f"{best['window_s']:6.1f} s of history: slot rebuilt in {best['wall_ms']:7.1f} ms "
+                f"({best['compute_ms']:.1f} ms compute, {best['chunks']} chunks, longest "
+                f"{best['longest_chunk_ms']:.1f} ms); neighbours: "
+                f"{best['neighbour_late_ticks']}/{best['neighbour_ticks']} late ticks, worst lag "
+                f"{best['neighbour_worst_lag_ms']:.0f} ms (before {best['neighbour_lag_before_ms']:.0f})",
+                flush=True,
+            )
     return {
         "command": command,
         "commit": git_commit(),
