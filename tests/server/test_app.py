@@ -118,6 +118,9 @@ async def test_full_model_rejects_at_once(
     finally:
         for ws in holders:
             await ws.close()
-    # Slots come back when their sessions end.
+    # Slots come back when their sessions end (the server ends them after the sockets closed: wait for it).
+    async with asyncio.timeout(5):
+        while local_server.gateway.status()["moshi-base"]["local"]["slots_used"]:
+            await asyncio.sleep(0.02)
     async with websockets.connect(_url(local_server, model="moshi-base")) as ws:
         assert (await _next_event(ws))["type"] == "session.created"
